@@ -1,0 +1,29 @@
+"""gpt4v_jax: one JAX/Flax model for captioning, VQA and text-to-image."""
+import setuptools
+
+# Exact pins: these versions were installed and tested together on Python 3.11.
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "array_record==0.8.6",
+    "grain==0.2.18",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "pillow==13.0.0",
+    "tensorboardX==2.6.5",
+]
+TEST = ["pytest==9.2.0", "pycocoevalcap==1.2"]
+
+setuptools.setup(
+    name="gpt4v_jax",
+    version="0.1.0",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["gpt4v_jax", "gpt4v_jax.*"]),
+    install_requires=CORE,
+    extras_require={"test": TEST},
+)
