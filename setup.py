@@ -17,7 +17,7 @@ CORE = [
     "pillow==13.0.0",
     "tensorboardX==2.6.5",
 ]
-TEST = ["pytest==9.2.0", "pycocoevalcap==1.2"]
+TEST = ["pytest==9.2.0", "pycocoevalcap==1.2", "sentencepiece==0.2.3"]
 
 setuptools.setup(
     name="gpt4v_jax",

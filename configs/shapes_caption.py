@@ -1,0 +1,52 @@
+"""Image captioning on the embedded `shapes` dataset.
+
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/caption
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py:tiny --workdir=/tmp/t
+
+The argument picks a variant: "" (the default CPU run, ~15 min on 2 cores) or "tiny" (a
+seconds-long smoke run on the tiny dataset, used by the tests).
+"""
+import ml_collections
+
+from gpt4v_jax import sharding
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.tokenizer = "bytes"
+
+  c.data = dict(data_dir="data_dir", builder_config="default", train_split="train",
+                global_batch_size=64, num_threads=2)
+  # Text row: BOS, task token, caption (<= 119 bytes), EOS.
+  c.objective = dict(kind="caption", prompt="", max_text_len=124)
+
+  c.model = dict(
+      vit_variant="mu/8", projector="linear",
+      vocab_size=384,  # 272 byte-tokenizer ids, padded to a multiple of 128 for sharding.
+      width=128, depth=4, mlp_dim=512, num_heads=4, num_kv_heads=2, mlp_type="gated",
+      tie_embeddings=True, rope_base=10000.0, remat=False, dtype="float32", dropout=0.0)
+
+  # Mesh sizes per axis (-1 = all remaining devices) and the logical-axis rule table.
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.sharding_rules = sharding.DEFAULT_RULES
+
+  c.optimizer = dict(learning_rate=2e-3, warmup_steps=200, end_learning_rate_fraction=0.02,
+                     b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
+  c.train = dict(steps=3000, log_every=50, checkpoint_every=500, keep_checkpoints=2)
+  c.evals = dict(every=1000, during_splits=("validation",), during_num_examples=256,
+                 final_splits=("test", "compositional"), final_num_examples=1000,
+                 batch_size=200, num_samples_to_print=4)
+
+  if arg == "tiny":
+    c.data.builder_config = "tiny"
+    c.data.global_batch_size = 16
+    c.model.update(vit_variant="nano/16", width=64, depth=2, mlp_dim=128, num_heads=4,
+                   num_kv_heads=2)
+    c.optimizer.warmup_steps = 2
+    c.train.update(steps=6, log_every=2, checkpoint_every=3)
+    c.evals.update(every=3, during_num_examples=16, final_splits=("test",),
+                   final_num_examples=16, batch_size=16, num_samples_to_print=1)
+  elif arg:
+    raise ValueError(f"Unknown config variant {arg!r}; expected '' or 'tiny'.")
+  return c

@@ -1,0 +1,87 @@
+"""Text tokenizers.
+
+The default is a byte-level tokenizer that needs no files (so nothing is downloaded). A
+SentencePiece model satisfies the same interface for larger vocabularies.
+
+Id layout shared by every tokenizer here:
+  0 PAD, 1 BOS, 2 EOS, 3.. one task token per objective (`TASK_IDS`), up to 15 reserved for
+  task and image marker tokens, 16.. the tokenizer's own pieces (bytes 0..255 for
+  `ByteTokenizer`).
+"""
+from typing import Protocol, Sequence
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+NUM_RESERVED = 16  # Ids below this are special; room for task and image tokens.
+# The first prompt token names the task, so one decoder can serve several objectives with a
+# one-token prompt (cheaper than spelling "caption:" in bytes).
+TASK_IDS = {"caption": 3, "vqa": 4, "text_to_image": 5}
+
+
+class Tokenizer(Protocol):
+  """What the objectives need from a tokenizer."""
+  pad_id: int
+  bos_id: int
+  eos_id: int
+  vocab_size: int
+
+  def encode(self, text: str) -> list[int]:
+    """Text -> piece ids, without BOS/EOS."""
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Piece ids -> text; stops at the first EOS, skips other special ids."""
+
+
+class ByteTokenizer:
+  """UTF-8 bytes shifted past the reserved ids: vocab 16 + 256 = 272."""
+  pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
+  vocab_size = NUM_RESERVED + 256
+
+  def encode(self, text: str) -> list[int]:
+    return [b + NUM_RESERVED for b in text.encode("utf-8")]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out = bytearray()
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i >= NUM_RESERVED:
+        out.append(i - NUM_RESERVED)
+    return out.decode("utf-8", errors="replace")
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model file, with its ids shifted past the reserved ids.
+
+  The model's own control pieces (<unk>, <s>, </s>) keep their shifted ids but are never
+  produced by `encode` with our BOS/EOS: the objectives add ours.
+  """
+  pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
+
+  def __init__(self, model_path: str):
+    import sentencepiece  # Optional dependency: only needed for this tokenizer.
+    self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
+    self.vocab_size = NUM_RESERVED + self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return [i + NUM_RESERVED for i in self._sp.encode(text)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    pieces = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i >= NUM_RESERVED:
+        pieces.append(i - NUM_RESERVED)
+    return self._sp.decode(pieces)
+
+
+def get_tokenizer(spec: str) -> Tokenizer:
+  """`"bytes"` or `"sentencepiece:/path/to/model"` (the config's `tokenizer` value)."""
+  if spec == "bytes":
+    return ByteTokenizer()
+  if spec.startswith("sentencepiece:"):
+    return SentencePieceTokenizer(spec.split(":", 1)[1])
+  raise ValueError(
+      f"config.tokenizer={spec!r}: expected 'bytes' or 'sentencepiece:/path/to/model'.")

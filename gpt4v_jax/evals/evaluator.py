@@ -1,0 +1,48 @@
+"""Runs an objective's evaluation on one split: batch, decode greedily, score, write JSON."""
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gpt4v_jax import decode, sharding
+from gpt4v_jax.data import pipeline
+
+
+def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, split: str,
+                   num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
+                   out_dir: str | None = None, step: int | None = None) -> tuple[dict, list]:
+  """Greedy-decodes `num_examples` of `source` and scores them with `objective.score`.
+
+  Every process walks the same batches and feeds its own slice of each to the global array,
+  so the decode is sharded like training; predictions are gathered back to every host.
+  Returns (metrics, per-example records); writes `{out_dir}/eval_{split}_step{step}.json`.
+  """
+  start = time.perf_counter()
+  batch_sharding = sharding.batch_sharding(mesh)
+  pid, nproc = jax.process_index(), jax.process_count()
+  examples, predictions = [], []
+  for batch, raw in pipeline.eval_batches(source, objective.eval_example,
+                                          num_examples=num_examples, batch_size=batch_size):
+    local = jax.tree.map(lambda x: np.array_split(x, nproc)[pid], batch)
+    inputs = sharding.to_global(local, batch_sharding)
+    tokens = decode.greedy_decode(
+        model, params, inputs["image"], inputs["prompt"], inputs["prompt_mask"],
+        max_new_tokens=objective.max_new_tokens, eos_id=objective.tokenizer.eos_id,
+        pad_id=objective.tokenizer.pad_id)
+    tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+    predictions += [objective.tokenizer.decode(t) for t in tokens[:len(raw)]]
+    examples += raw
+  metrics, records = objective.score(examples, predictions)
+  metrics = {k: float(v) for k, v in metrics.items()}
+  metrics["num_examples"] = len(examples)
+  metrics["seconds"] = time.perf_counter() - start
+  if out_dir is not None and jax.process_index() == 0:
+    path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(dict(split=split, step=step, metrics=metrics, predictions=records), f, indent=1)
+    os.replace(path + ".tmp", path)  # Readers never see a half-written file.
+  return metrics, records

@@ -1,0 +1,34 @@
+"""Entry point: python -m gpt4v_jax.main --config=configs/X.py[:variant] --workdir=DIR.
+
+Config values are overridden with --config.key=value; unknown keys and wrong types are
+rejected by ml_collections before anything runs. Multi-host: set --distributed (TPU pods need
+nothing else; GPU clusters also pass --coordinator_address/--num_processes/--process_id or
+the matching environment variables understood by `jax.distributed.initialize`).
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  # Our progress lines go to stdout; keep library INFO chatter (Orbax, TFDS) out of the way.
+  logging.set_verbosity(logging.WARNING)
+  import jax  # After flag parsing, so XLA_FLAGS set by the caller apply.
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  from gpt4v_jax import train
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,306 @@
+"""Decoder-only transformer: RMSNorm pre-norm, RoPE, GQA, explicit KV cache.
+
+The KV cache is a plain pytree, not a Linen "cache" collection, so decoding
+code can build, carry and inspect it like any other array tree:
+
+  cache = [dict(k=[batch, max_len, kv_heads, head_dim],
+                v=[batch, max_len, kv_heads, head_dim])] * depth
+"""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+_BTE = ("activation_batch", "activation_length", "activation_embed")
+_BTM = ("activation_batch", "activation_length", "activation_mlp")
+_BTHD = ("activation_batch", "activation_length", "activation_heads",
+         "activation_head_dim")
+_BTKD = ("activation_batch", "activation_length", "activation_kv_heads",
+         "activation_head_dim")
+
+
+def _init(names, in_axis=-2, out_axis=-1):
+  """Fan-in scaled truncated normal kernel init carrying logical names."""
+  return nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                       in_axis=in_axis, out_axis=out_axis),
+      names)
+
+
+def _rms_norm(dtype, name):
+  return nn.RMSNorm(
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                              ("norm",)),
+      name=name)
+
+
+def apply_rope(x, positions, base):
+  """Rotary position embedding (rotate-half convention).
+
+  Args:
+    x: [batch, length, heads, head_dim], head_dim even.
+    positions: [batch, length] int, absolute position of each token.
+    base: RoPE wavelength base.
+
+  Returns:
+    x rotated by position-dependent angles, same shape and dtype.
+  """
+  half = x.shape[-1] // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  # [batch, length, 1, half], broadcasting over heads.
+  angles = positions.astype(jnp.float32)[..., None, None] * freqs
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  # Rotate in float32: bf16 angles lose precision at large positions.
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE and an optional KV cache."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_base: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, attn_mask, cache, cache_index):
+    """Self-attention over the inputs, or over the cache slots.
+
+    Args:
+      x: [batch, t, embed].
+      positions: [batch, t] int RoPE positions.
+      attn_mask: [batch, t, s] bool; s = t without cache, max_len with.
+      cache: None, or dict(k, v) of [batch, max_len, kv_heads, head_dim].
+      cache_index: scalar int32, first slot written when cache is given.
+
+    Returns:
+      ([batch, t, embed], updated cache or None).
+    """
+    width = x.shape[-1]
+    hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+    q_names = ("embed", "heads", "head_dim")
+    kv_names = ("embed", "kv_heads", "head_dim")
+    wq = self.param("query", _init(q_names, 0, (1, 2)), (width, hq, d),
+                    jnp.float32)
+    wk = self.param("key", _init(kv_names, 0, (1, 2)), (width, hkv, d),
+                    jnp.float32)
+    wv = self.param("value", _init(kv_names, 0, (1, 2)), (width, hkv, d),
+                    jnp.float32)
+    wo = self.param("out", _init(("heads", "head_dim", "embed"), (0, 1), 2),
+                    (hq, d, width), jnp.float32)
+
+    q = jnp.einsum("bte,ehd->bthd", x, wq.astype(self.dtype))
+    k = jnp.einsum("bte,ehd->bthd", x, wk.astype(self.dtype))
+    v = jnp.einsum("bte,ehd->bthd", x, wv.astype(self.dtype))
+    q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_base),
+                                   _BTHD)
+    k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_base),
+                                   _BTKD)
+    v = nn.with_logical_constraint(v, _BTKD)
+
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                       start)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                       start)
+      k = nn.with_logical_constraint(k, _BTKD)
+      v = nn.with_logical_constraint(v, _BTKD)
+      cache = dict(k=k, v=v)
+
+    # jax.nn.dot_product_attention handles GQA (heads % kv_heads == 0) and
+    # runs the softmax in float32.
+    y = jax.nn.dot_product_attention(q, k.astype(self.dtype),
+                                     v.astype(self.dtype),
+                                     mask=attn_mask[:, None, :, :])
+    y = nn.with_logical_constraint(y, _BTHD)
+    y = jnp.einsum("bthd,hde->bte", y, wo.astype(self.dtype))
+    return nn.with_logical_constraint(y, _BTE), cache
+
+
+class Mlp(nn.Module):
+  """Feed-forward block: SwiGLU ("gated") or plain GELU ("gelu")."""
+  mlp_dim: int
+  mlp_type: str
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """[batch, t, embed] -> [batch, t, embed]."""
+    def dense(features, names, name):
+      return nn.Dense(features, use_bias=False, dtype=self.dtype,
+                      param_dtype=jnp.float32, kernel_init=_init(names),
+                      name=name)
+
+    if self.mlp_type == "gated":
+      gate = dense(self.mlp_dim, ("embed", "mlp"), "wi_gate")(x)
+      up = dense(self.mlp_dim, ("embed", "mlp"), "wi_up")(x)
+      h = nn.silu(gate) * up
+    elif self.mlp_type == "gelu":
+      h = nn.gelu(dense(self.mlp_dim, ("embed", "mlp"), "wi")(x))
+    else:
+      raise ValueError(f"Unknown mlp_type {self.mlp_type!r}; "
+                       "expected 'gated' or 'gelu'.")
+    h = nn.with_logical_constraint(h, _BTM)
+    y = dense(x.shape[-1], ("mlp", "embed"), "wo")(h)
+    return nn.with_logical_constraint(y, _BTE)
+
+
+class Block(nn.Module):
+  """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x))."""
+  mlp_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_type: str
+  rope_base: float
+  dtype: jnp.dtype = jnp.float32
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, positions, attn_mask, cache, cache_index,
+               deterministic):
+    """See `Attention`; returns ([batch, t, embed], updated cache or None)."""
+    y = _rms_norm(self.dtype, "norm_attn")(x)
+    y, cache = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
+                         self.rope_base, self.dtype, name="attn")(
+                             y, positions, attn_mask, cache, cache_index)
+    x = x + nn.Dropout(self.dropout)(y, deterministic)
+    x = nn.with_logical_constraint(x, _BTE)
+
+    y = _rms_norm(self.dtype, "norm_mlp")(x)
+    y = Mlp(self.mlp_dim, self.mlp_type, self.dtype, name="mlp")(y)
+    x = x + nn.Dropout(self.dropout)(y, deterministic)
+    return nn.with_logical_constraint(x, _BTE), cache
+
+
+class Decoder(nn.Module):
+  """Decoder-only transformer over embeddings.
+
+  Input embeddings are passed in (not tokens) so callers can splice image
+  tokens in front of text; use `embed` for the text part.
+
+  Attributes:
+    vocab_size: number of token ids.
+    width: model width.
+    depth: number of blocks.
+    mlp_dim: hidden size of the feed-forward block.
+    num_heads: query heads.
+    num_kv_heads: key/value heads (GQA; 1 = MQA); must divide num_heads.
+    head_dim: per-head size; defaults to width // num_heads. Must be even.
+    mlp_type: "gated" (SwiGLU) or "gelu".
+    tie_embeddings: logits = x @ embedding.T, else a separate
+      ("embed", "vocab") unembedding.
+    rope_base: RoPE wavelength base.
+    remat: rematerialize each block in the backward pass.
+    dtype: compute dtype; params stay float32, logits are float32.
+    dropout: residual dropout rate.
+  """
+  vocab_size: int
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None
+  mlp_type: str = "gated"
+  tie_embeddings: bool = True
+  rope_base: float = 10000.0
+  remat: bool = False
+  dtype: jnp.dtype = jnp.float32
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    # Validate at construction so a bad config fails before any tracing.
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}.")
+    if self.resolved_head_dim % 2:
+      raise ValueError(f"head_dim={self.resolved_head_dim} must be even for "
+                       "RoPE.")
+    super().__post_init__()
+
+  @property
+  def resolved_head_dim(self):
+    return self.head_dim or self.width // self.num_heads
+
+  def init_cache(self, batch, max_len, dtype=None):
+    """Zero KV cache; needs no params, so works on an unbound module.
+
+    Returns:
+      [dict(k=zeros[batch, max_len, kv_heads, head_dim], v=...)] * depth.
+    """
+    shape = (batch, max_len, self.num_kv_heads, self.resolved_head_dim)
+    dtype = dtype or self.dtype
+    return [dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+            for _ in range(self.depth)]
+
+  def setup(self):
+    # std 1/sqrt(width): tied logits x @ E.T of a unit-RMS x are then ~N(0, 1);
+    # `embed` multiplies by sqrt(width) to give unit-RMS input embeddings.
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_in", "normal",
+                                             in_axis=1, out_axis=0),
+            ("vocab", "embed")),
+        (self.vocab_size, self.width), jnp.float32)
+    if not self.tie_embeddings:
+      self.unembedding = self.param("unembedding", _init(("embed", "vocab")),
+                                    (self.width, self.vocab_size), jnp.float32)
+    # static_argnums counts `self` as 0, so 6 is `deterministic`.
+    block = nn.remat(Block, static_argnums=(6,)) if self.remat else Block
+    self.blocks = [
+        block(self.mlp_dim, self.num_heads, self.num_kv_heads,
+              self.resolved_head_dim, self.mlp_type, self.rope_base,
+              self.dtype, self.dropout, name=f"block_{i}")
+        for i in range(self.depth)
+    ]
+    self.final_norm = _rms_norm(self.dtype, "final_norm")
+    self.embed_dropout = nn.Dropout(self.dropout)
+
+  def embed(self, tokens):
+    """[batch, t] int -> [batch, t, width], scaled by sqrt(width)."""
+    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+    x = x * jnp.asarray(self.width**0.5, self.dtype)
+    return nn.with_logical_constraint(x, _BTE)
+
+  def __call__(self, x, positions, attn_mask, cache=None, cache_index=None,
+               deterministic=True):
+    """Runs the blocks and the unembedding.
+
+    Args:
+      x: [batch, t, width] input embeddings.
+      positions: [batch, t] int RoPE positions.
+      attn_mask: [batch, t, t] bool without cache; [batch, t, max_len] bool
+        over cache slots with cache.
+      cache: None or the pytree from `init_cache`; the t new keys/values are
+        written at slots [cache_index, cache_index + t).
+      cache_index: scalar int32 (may be traced), used with cache.
+      deterministic: disables dropout.
+
+    Returns:
+      (logits [batch, t, vocab] float32, updated cache or None).
+    """
+    x = nn.with_logical_constraint(x.astype(self.dtype), _BTE)
+    x = self.embed_dropout(x, deterministic)
+    new_cache = None if cache is None else []
+    for i, block in enumerate(self.blocks):
+      x, layer_cache = block(x, positions, attn_mask,
+                             None if cache is None else cache[i], cache_index,
+                             deterministic)
+      if cache is not None:
+        new_cache.append(layer_cache)
+    x = self.final_norm(x)
+    if self.tie_embeddings:
+      logits = jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("bte,ev->btv", x, self.unembedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+    logits = nn.with_logical_constraint(
+        logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits, new_cache

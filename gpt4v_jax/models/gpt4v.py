@@ -1,0 +1,179 @@
+"""GPT-4V-style model: ViT -> Projector -> decoder-only LM.
+
+The decoder sees one sequence, [image tokens, text tokens]. Image tokens are
+always valid and part of the fully visible prefix; text tokens follow with
+their own autoregressive flags (see `fusion.prefix_lm_mask`). Padding is on
+the right, so RoPE positions are simply 0..seq-1.
+
+Inference uses an explicit KV cache with max_len slots:
+
+  slots [0, n)              image tokens
+  slots [n, n + p)          prompt tokens (right-padded; padded slots stay
+                            invisible)
+  slot  n + p + step        token fed at decode step `step`, shared by the
+                            whole batch
+
+while each example's RoPE position continues from its own valid prefix
+length, so decoding equals the full forward pass of the unpadded sequence.
+"""
+import jax.numpy as jnp
+import flax.linen as nn
+import ml_collections
+
+from gpt4v_jax.models.decoder import Decoder
+from gpt4v_jax.models.fusion import Projector, prefix_lm_mask
+from gpt4v_jax.models.vit import ViT, vit_variant
+
+
+class GPT4V(nn.Module):
+  """Vision encoder + projector + decoder.
+
+  Attributes:
+    vit: unbound `ViT`; its settings (dtype, remat, ...) are its own.
+    decoder: unbound `Decoder`.
+    projector_kind: "linear" or "mlp", see `Projector`. Runs in the decoder's
+      dtype.
+  """
+  vit: ViT
+  decoder: Decoder
+  projector_kind: str = "mlp"
+
+  def setup(self):
+    self.projector = Projector(self.projector_kind, self.decoder.width,
+                               self.decoder.dtype)
+
+  @property
+  def num_image_tokens(self):
+    return self.vit.num_patches
+
+  def encode_images(self, images, deterministic=True):
+    """[batch, H, W, 3] in [-1, 1] -> [batch, num_image_tokens, width]."""
+    return self.projector(self.vit(images, deterministic))
+
+  def __call__(self, images, text, ar_mask, input_mask, deterministic=True):
+    """Teacher-forced forward pass.
+
+    Args:
+      images: [batch, H, W, 3] float in [-1, 1].
+      text: [batch, t] int32 tokens, right-padded.
+      ar_mask: [batch, t] int/bool; 0 = prefix (prompt), 1 = causal (target).
+      input_mask: [batch, t] bool, False at padding.
+      deterministic: disables dropout.
+
+    Returns:
+      [batch, t, vocab] float32 logits at the text positions; logits at
+      position i predict text token i + 1.
+    """
+    b, t = text.shape
+    n = self.num_image_tokens
+    x = jnp.concatenate([self.encode_images(images, deterministic),
+                         self.decoder.embed(text)], axis=1)
+    ar_mask = jnp.concatenate(
+        [jnp.zeros((b, n), jnp.int32), ar_mask.astype(jnp.int32)], axis=1)
+    input_mask = jnp.concatenate(
+        [jnp.ones((b, n), bool), input_mask.astype(bool)], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(n + t), (b, n + t))
+    logits, _ = self.decoder(x, positions,
+                             prefix_lm_mask(ar_mask, input_mask),
+                             deterministic=deterministic)
+    return logits[:, n:]
+
+  def prefill(self, images, prompt, prompt_mask, max_len):
+    """Encodes [image tokens, prompt] into a fresh cache of max_len slots.
+
+    Args:
+      images: [batch, H, W, 3].
+      prompt: [batch, p] int32, right-padded.
+      prompt_mask: [batch, p] bool, False at padding.
+      max_len: static int >= num_image_tokens + p; slots for decoded tokens.
+
+    Returns:
+      (logits [batch, vocab] float32 at each example's last valid prefix
+       token, cache, state), where state = dict(
+         index: scalar int32, next cache slot (shared by the batch),
+         positions: [batch] int32, next RoPE position of each example,
+         visible: [batch, max_len] bool, cache slots holding valid tokens).
+    """
+    b, p = prompt.shape
+    n = self.num_image_tokens
+    if max_len < n + p:
+      raise ValueError(f"max_len={max_len} < {n} image tokens + {p} prompt "
+                       "tokens.")
+    x = jnp.concatenate(
+        [self.encode_images(images), self.decoder.embed(prompt)], axis=1)
+    valid = jnp.concatenate([jnp.ones((b, n), bool), prompt_mask.astype(bool)],
+                            axis=1)
+    # The whole prefix is ar=0: full attention among valid tokens.
+    mask = prefix_lm_mask(jnp.zeros((b, n + p), jnp.int32), valid)
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, max_len - n - p)))
+    positions = jnp.broadcast_to(jnp.arange(n + p), (b, n + p))
+    logits, cache = self.decoder(x, positions, mask,
+                                 cache=self.decoder.init_cache(b, max_len),
+                                 cache_index=jnp.int32(0))
+    lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
+    state = dict(index=jnp.int32(n + p),
+                 positions=lengths,
+                 visible=jnp.pad(valid, ((0, 0), (0, max_len - n - p))))
+    return logits[jnp.arange(b), lengths - 1], cache, state
+
+  def decode_step(self, token, cache, state):
+    """Feeds one token per example.
+
+    Args:
+      token: [batch] int32, the token that follows the current sequence.
+      cache, state: from `prefill` or the previous `decode_step`.
+
+    Returns:
+      (logits [batch, vocab] float32 for the next token, cache, state).
+    """
+    index = state["index"]
+    slots = jnp.arange(state["visible"].shape[1])
+    visible = state["visible"] | (slots == index)[None, :]
+    logits, cache = self.decoder(self.decoder.embed(token[:, None]),
+                                 state["positions"][:, None],
+                                 visible[:, None, :],
+                                 cache=cache, cache_index=index)
+    state = dict(index=index + 1, positions=state["positions"] + 1,
+                 visible=visible)
+    return logits[:, 0], cache, state
+
+
+def build_model(cfg):
+  """Builds a `GPT4V` from a config like `default_model_config()`."""
+  dtype = jnp.dtype(cfg.dtype)
+  vit = ViT(**vit_variant(cfg.vit_variant), remat=cfg.remat, dtype=dtype,
+            dropout=cfg.dropout)
+  decoder = Decoder(
+      vocab_size=cfg.vocab_size,
+      width=cfg.width,
+      depth=cfg.depth,
+      mlp_dim=cfg.mlp_dim,
+      num_heads=cfg.num_heads,
+      num_kv_heads=cfg.num_kv_heads,
+      mlp_type=cfg.mlp_type,
+      tie_embeddings=cfg.tie_embeddings,
+      rope_base=cfg.rope_base,
+      remat=cfg.remat,
+      dtype=dtype,
+      dropout=cfg.dropout)
+  return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector)
+
+
+def default_model_config():
+  """CPU-friendly model config; the keys are exactly what build_model reads."""
+  return ml_collections.ConfigDict(dict(
+      vit_variant="mu/8",
+      projector="mlp",
+      vocab_size=384,
+      width=128,
+      depth=4,
+      mlp_dim=512,
+      num_heads=4,
+      num_kv_heads=2,
+      mlp_type="gated",
+      tie_embeddings=True,
+      rope_base=10000.0,
+      remat=False,
+      dtype="float32",
+      dropout=0.0,
+  ))

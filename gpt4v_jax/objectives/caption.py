@@ -1,0 +1,70 @@
+"""Image captioning: the caption task token (plus optional prompt text) after the image,
+target = one reference caption.
+
+Training samples one of the (5) references per example and epoch, COCO-style. Evaluation
+decodes greedily and scores CIDEr-D / BLEU-4 against all references, and, since the shapes
+scenes are known exactly, object precision/recall/F1 by parsing the caption back into objects.
+"""
+import numpy as np
+
+from gpt4v_jax.data import shapes
+from gpt4v_jax.data.pipeline import image_to_float
+from gpt4v_jax.data.tokenizer import TASK_IDS, Tokenizer
+from gpt4v_jax.evals import caption_metrics
+from gpt4v_jax.objectives import prefix_lm
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def gt_objects(example: dict) -> list[tuple[str, str, str]]:
+  """Scene objects of a data-source example as (size, color, shape) name tuples."""
+  objs = example["objects"]
+  return [(shapes.SIZES[s], shapes.COLORS[c], shapes.SHAPES[k])
+          for s, c, k in zip(objs["size"], objs["color"], objs["shape"])]
+
+
+class CaptionObjective:
+  """How a shapes example becomes a caption training row, a decoding prompt, and a score."""
+  name = "caption"
+
+  def __init__(self, tokenizer: Tokenizer, *, prompt: str, max_text_len: int):
+    self.tokenizer = tokenizer
+    self.max_text_len = max_text_len
+    self._prompt_ids = [TASK_IDS["caption"]] + tokenizer.encode(prompt)
+    self.prompt_len = len(self._prompt_ids) + 1  # + BOS
+    self.max_new_tokens = max_text_len - self.prompt_len
+
+  def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Data-source example -> {image [H, W, 3] float32, text/ar_mask/... [max_text_len]}."""
+    captions = example["captions"]
+    caption = _text(captions[rng.integers(len(captions))])
+    t = self.tokenizer
+    row, _ = prefix_lm.make_row(self._prompt_ids, t.encode(caption), bos_id=t.bos_id,
+                                eos_id=t.eos_id, pad_id=t.pad_id, max_len=self.max_text_len)
+    return dict(image=image_to_float(example["image"]), **row)
+
+  def eval_example(self, example: dict) -> dict[str, np.ndarray]:
+    """Data-source example -> {image, prompt [prompt_len], prompt_mask [prompt_len]}."""
+    t = self.tokenizer
+    return dict(image=image_to_float(example["image"]),
+                **prefix_lm.make_prompt(self._prompt_ids, bos_id=t.bos_id, pad_id=t.pad_id,
+                                        max_len=self.prompt_len))
+
+  def score(self, examples: list[dict], predictions: list[str]) -> tuple[dict, list[dict]]:
+    """Metrics over decoded captions, and one JSON-ready record per example."""
+    refs = {i: [_text(c) for c in ex["captions"]] for i, ex in enumerate(examples)}
+    preds = dict(enumerate(predictions))
+    bleu = caption_metrics.bleu(refs, preds)
+    cider, _ = caption_metrics.cider_d(refs, preds)
+    pred_objs = [shapes.parse_caption(p) for p in predictions]
+    true_objs = [gt_objects(ex) for ex in examples]
+    prf = caption_metrics.object_prf(pred_objs, true_objs)
+    scene_acc = np.mean([sorted(p) == sorted(g) for p, g in zip(pred_objs, true_objs)])
+    metrics = {"cider_d": cider, "bleu_4": bleu[3], "exact_match":
+               caption_metrics.exact_match(preds, refs), "scene_accuracy": float(scene_acc),
+               **{f"object_{k}": v for k, v in prf.items()}}
+    records = [dict(id=_text(ex["id"]) if "id" in ex else i, prediction=predictions[i],
+                    references=refs[i]) for i, ex in enumerate(examples)]
+    return metrics, records

@@ -1,0 +1,47 @@
+"""Throughput accounting: FLOPs per step and the hardware's peak, for MFU in the logs."""
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per device, from the vendors' spec sheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5": 459e12,  # v5p
+    "TPU v6 lite": 918e12,  # v6e
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+}
+
+
+def measured_matmul_flops(n: int = 1024, reps: int = 10) -> float:
+  """FLOP/s of a jitted f32 [n, n] @ [n, n] on the first device: the CPU's practical peak."""
+  x = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(reps):
+    y = f(x)
+  y.block_until_ready()
+  return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def peak_flops_per_device() -> tuple[float, str]:
+  """(peak FLOP/s, where the number comes from) for this process's devices."""
+  kind = jax.devices()[0].device_kind
+  if kind in PEAK_FLOPS:
+    return PEAK_FLOPS[kind], f"spec sheet ({kind})"
+  if jax.devices()[0].platform == "cpu":
+    return measured_matmul_flops(), "measured f32 matmul rate"
+  raise ValueError(f"No peak FLOP/s known for device kind {kind!r}; add it to perf.PEAK_FLOPS.")
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs per call of a compiled jitted function, from XLA's cost analysis (all devices)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0)) if cost else 0.0

@@ -1,0 +1,247 @@
+"""The one train loop, shared by every objective.
+
+Read top to bottom: checks -> mesh -> data -> model -> sharded state -> checkpoint/resume ->
+jitted train step -> loop (logging, checkpoints, evals) -> final evals.
+"""
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gpt4v_jax import checkpoint, config_checks, perf, sharding
+from gpt4v_jax.data import pipeline, shapes
+from gpt4v_jax.data.tokenizer import get_tokenizer
+from gpt4v_jax.evals.evaluator import evaluate_split
+from gpt4v_jax.metric_writer import MetricWriter, log
+from gpt4v_jax.models.gpt4v import build_model
+from gpt4v_jax.objectives import prefix_lm
+from gpt4v_jax.objectives.caption import CaptionObjective
+from gpt4v_jax.optimizer import make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32
+  params: Any  # Unboxed param tree.
+  opt_state: Any
+  rng: jax.Array  # [2] uint32, a raw PRNG key so Orbax stores it as a plain array.
+
+
+def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjective:
+  kind = config.objective.kind
+  if kind == "caption":
+    return CaptionObjective(tokenizer, prompt=config.objective.prompt,
+                            max_text_len=config.objective.max_text_len)
+  raise ValueError(f"config.objective.kind={kind!r}: expected 'caption'.")
+
+
+def batch_spec(global_batch: int, max_text_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of one global training batch (what `objective.train_example` rows stack into)."""
+  b, t, s = global_batch, max_text_len, shapes.IMAGE_SIZE
+  return dict(image=jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+              text=jax.ShapeDtypeStruct((b, t), jnp.int32),
+              ar_mask=jax.ShapeDtypeStruct((b, t), jnp.int32),
+              input_mask=jax.ShapeDtypeStruct((b, t), jnp.bool_),
+              targets=jax.ShapeDtypeStruct((b, t), jnp.int32),
+              loss_mask=jax.ShapeDtypeStruct((b, t), jnp.float32))
+
+
+def sharded_state_init(config, model, tx, mesh, max_text_len: int):
+  """Returns (init, abstract_state, shardings).
+
+  The state is first traced abstractly (`jax.eval_shape`), its shardings derived from the
+  params' logical axis names, then `init()` materialises it already sharded: no host ever
+  holds the full state.
+  """
+  t, s = max_text_len, shapes.IMAGE_SIZE
+
+  def init_boxed_params(rng):
+    return model.init({"params": rng}, jnp.zeros((1, s, s, 3)), jnp.zeros((1, t), jnp.int32),
+                      jnp.zeros((1, t), jnp.int32), jnp.ones((1, t), bool))["params"]
+
+  def init_state(key):
+    params_rng, state_rng = jax.random.split(key)
+    params = nn.unbox(init_boxed_params(params_rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=state_rng)
+
+  key = jax.random.PRNGKey(config.seed)
+  param_shardings = sharding.logical_to_shardings(
+      jax.eval_shape(init_boxed_params, key), mesh, config.sharding_rules)
+  abstract = jax.eval_shape(init_state, key)
+  rep = sharding.replicated(mesh)
+  # Optimizer moments are laid out like their params; counters are replicated.
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract.opt_state, param_shardings,
+      transform_non_params=lambda _: rep)
+  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
+  abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                          abstract, shardings)
+  init = jax.jit(lambda: init_state(key), out_shardings=shardings)
+  return init, abstract, shardings
+
+
+def make_train_step(model, tx, schedule, *, deterministic: bool):
+  """(state, batch) -> (state, metrics): forward, loss on target tokens, AdamW update."""
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, batch["image"], batch["text"],
+                           batch["ar_mask"], batch["input_mask"], deterministic=deterministic,
+                           rngs={"dropout": dropout_rng})
+      return prefix_lm.next_token_loss(logits, batch["targets"], batch["loss_mask"])
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state.step), **aux)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
+  # --- Checks: everything that can be wrong is reported before any compilation.
+  config_checks.check(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divides(config.data.global_batch_size, mesh, "config.data.global_batch_size")
+  sharding.check_batch_divides(config.evals.batch_size, mesh, "config.evals.batch_size")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+  log(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+      f"{jax.process_count()} process(es).")
+
+  # --- Data.
+  tokenizer = get_tokenizer(config.tokenizer)
+  objective = make_objective(config, tokenizer)
+  builder = shapes.load_builder(config.data.data_dir, config.data.builder_config)
+  sources = builder.as_data_source()
+  local_batch = config.data.global_batch_size // jax.process_count()
+  train_iter = iter(pipeline.train_dataset(
+      sources[config.data.train_split], objective.train_example, seed=config.seed,
+      local_batch_size=local_batch, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_threads=config.data.num_threads))
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  # --- Model, optimizer and the sharded state.
+  model = build_model(config.model)
+  total_steps = config.train.steps
+  tx, schedule = make_optimizer(config.optimizer, total_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+    init, abstract_state, state_shardings = sharded_state_init(
+        config, model, tx, mesh, objective.max_text_len)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+    log(f"Model: {num_params / 1e6:.2f}M params.")
+
+    # --- Checkpoints: resume if the workdir has any.
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   keep=config.train.keep_checkpoints)
+    start_step = ckpt.latest_step()
+    if start_step is None:
+      state, start_step = init(), 0
+    else:
+      state = ckpt.restore(start_step, abstract_state, train_iter)
+      log(f"Resumed from step {start_step} in {workdir}.")
+
+    # --- The jitted train step: explicit shardings, donated state.
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, deterministic=config.model.dropout == 0.0),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    specs = batch_spec(config.data.global_batch_size, objective.max_text_len)
+    step_flops = perf.compiled_flops(
+        train_step.lower(abstract_state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                                                  sharding=batch_sharding)
+                                          for k, v in specs.items()}).compile())
+    peak, peak_source = perf.peak_flops_per_device()
+    log(f"Train step: {step_flops / 1e9:.2f} GFLOP per device; peak {peak / 1e12:.3f} "
+        f"TFLOP/s per device ({peak_source}).")
+
+    # --- The loop. Step N+1 is dispatched before step N's metrics are pulled to the host.
+    writer = MetricWriter(os.path.join(workdir, "tb"))
+    evaluate = lambda split, n, step: evaluate_split(
+        objective=objective, model=model, params=state.params, source=sources[split],
+        split=split, num_examples=n, batch_size=config.evals.batch_size, mesh=mesh,
+        out_dir=workdir, step=step)
+    pending, window_start, window_steps = None, time.perf_counter(), 0
+    for step in range(start_step, total_steps):
+      batch = sharding.to_global(next(train_iter), batch_sharding)
+      state, metrics = train_step(state, batch)
+      window_steps += 1
+      if pending is not None:
+        _report(writer, *pending)
+        pending = None
+      done = step + 1
+      if done % config.train.log_every == 0 or done == total_steps:
+        jax.block_until_ready(metrics)
+        elapsed = time.perf_counter() - window_start
+        step_time = elapsed / window_steps
+        rates = dict(step_time=step_time,
+                     examples_per_sec=config.data.global_batch_size / step_time,
+                     mfu=step_flops / step_time / peak,
+                     eta_min=(total_steps - done) * step_time / 60)
+        pending = (done, total_steps, metrics, rates)
+        window_start, window_steps = time.perf_counter(), 0
+      if done % config.train.checkpoint_every == 0 or done == total_steps:
+        ckpt.save(done, state, train_iter)
+      if config.evals.every and done % config.evals.every == 0 and done < total_steps:
+        for split in config.evals.during_splits:
+          m, _ = evaluate(split, config.evals.during_num_examples, done)
+          writer.scalars(done, m, prefix=f"eval/{split}/")
+          log(f"[eval {split} @ {done}] " + _fmt(m))
+        window_start, window_steps = time.perf_counter(), 0  # Evals are not train time.
+    if pending is not None:
+      _report(writer, *pending)
+    ckpt.wait()
+
+    # --- Final evals (reused if this exact step was already evaluated).
+    results = {}
+    for split in config.evals.final_splits:
+      path = os.path.join(workdir, f"eval_{split}_step{total_steps}.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          saved = json.load(f)
+        m, records = saved["metrics"], saved["predictions"]
+        log(f"[final {split}] reused {path}")
+      else:
+        m, records = evaluate(split, config.evals.final_num_examples, total_steps)
+        writer.scalars(total_steps, m, prefix=f"final/{split}/")
+      results[split] = m
+      log(f"[final {split}] " + _fmt(m))
+      for r in records[:config.evals.num_samples_to_print]:
+        log(f"  pred: {r['prediction']!r}\n  refs: {r['references'][:2]!r}")
+  ckpt.close()
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+  return results
+
+
+def _fmt(metrics: dict) -> str:
+  return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: dict) -> None:
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(m["loss"]):
+    raise FloatingPointError(f"Non-finite loss {m['loss']} at step {step}.")
+  writer.scalars(step, {**m, **rates}, prefix="train/")
+  log(f"step {step}/{total} loss={m['loss']:.4f} acc={m['token_accuracy']:.3f} "
+      f"lr={m['learning_rate']:.2e} gnorm={m['grad_norm']:.3f} "
+      f"{rates['examples_per_sec']:.1f} ex/s {rates['step_time'] * 1e3:.0f} ms/step "
+      f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min")

@@ -1,0 +1,106 @@
+"""KV-cache decoding must reproduce the full forward pass exactly."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt4v_jax import decode
+from gpt4v_jax.models import gpt4v
+
+VOCAB = 128
+PROMPT_LEN = 5
+PROMPT_LENGTHS = (5, 2, 3, 1)  # Valid prompt tokens per row, right-padded.
+NEVER = VOCAB  # An eos_id the model cannot emit.
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = gpt4v.default_model_config()
+  # Untied unembedding: a random tied model mostly repeats its last input
+  # token, which would make greedy decoding a weak test.
+  cfg.update(vit_variant="nano/16", width=64, depth=2, mlp_dim=128,
+             num_heads=4, num_kv_heads=1, vocab_size=VOCAB,
+             tie_embeddings=False, projector="linear")
+  return gpt4v.build_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  """images [b, 64, 64, 3], prompt [b, p], prompt_mask [b, p]."""
+  rng = np.random.default_rng(0)
+  b = len(PROMPT_LENGTHS)
+  images = jnp.asarray(rng.uniform(-1, 1, (b, 64, 64, 3)), jnp.float32)
+  mask = np.arange(PROMPT_LEN)[None] < np.array(PROMPT_LENGTHS)[:, None]
+  prompt = np.where(mask, rng.integers(1, VOCAB, (b, PROMPT_LEN)), 0)
+  return images, jnp.asarray(prompt, jnp.int32), jnp.asarray(mask)
+
+
+@pytest.fixture(scope="module")
+def params(model, inputs):
+  images, prompt, mask = inputs
+  variables = jax.jit(model.init)(jax.random.key(0), images, prompt,
+                                  jnp.zeros_like(mask), mask)
+  return variables["params"]  # Boxed: greedy_decode must unbox them itself.
+
+
+def test_prefill_and_steps_match_forward(model, params, inputs):
+  images, prompt, mask = inputs
+  b, steps = prompt.shape[0], 4
+  variables = {"params": params}
+  cont = jnp.asarray(np.random.default_rng(1).integers(1, VOCAB, (b, steps)),
+                     jnp.int32)
+
+  # Reference: each row's valid prompt immediately followed by `cont`.
+  lengths = np.array(PROMPT_LENGTHS)
+  idx = np.arange(PROMPT_LEN + steps)[None]
+  text = np.zeros((b, PROMPT_LEN + steps), np.int32)
+  for row, n in enumerate(lengths):
+    text[row, :n] = prompt[row, :n]
+    text[row, n:n + steps] = cont[row]
+  full = jax.jit(model.apply)(variables, images, jnp.asarray(text),
+                              idx >= lengths[:, None],
+                              idx < (lengths + steps)[:, None])
+  rows = np.arange(b)
+
+  max_len = model.num_image_tokens + PROMPT_LEN + steps
+  prefill = jax.jit(lambda *a: model.apply(variables, *a, max_len,
+                                           method="prefill"))
+  step = jax.jit(lambda *a: model.apply(variables, *a, method="decode_step"))
+  logits, cache, state = prefill(images, prompt, mask)
+  np.testing.assert_allclose(logits, full[rows, lengths - 1], atol=1e-4)
+  for i in range(steps):
+    logits, cache, state = step(cont[:, i], cache, state)
+    np.testing.assert_allclose(logits, full[rows, lengths + i], atol=1e-4,
+                               err_msg=f"step {i}")
+
+
+def test_greedy_matches_no_cache(model, params, inputs):
+  tokens = decode.greedy_decode(model, params, *inputs, max_new_tokens=8,
+                                eos_id=NEVER)
+  reference = decode.greedy_decode_no_cache(model, params, *inputs,
+                                            max_new_tokens=8, eos_id=NEVER)
+  assert tokens.shape == (len(PROMPT_LENGTHS), 8) and tokens.dtype == jnp.int32
+  np.testing.assert_array_equal(tokens, reference)
+  assert len(np.unique(np.asarray(tokens))) > 2  # Not a degenerate model.
+
+
+def test_tokens_after_eos_are_pad(model, params, inputs):
+  pad = 0
+  free = np.asarray(decode.greedy_decode(model, params, *inputs,
+                                         max_new_tokens=8, eos_id=NEVER))
+  # Make the token row 0 emits at step 2 the EOS: row 0 (and any row emitting
+  # it earlier) stops early, the rest must be unaffected.
+  eos = int(free[0, 2])
+  tokens = np.asarray(decode.greedy_decode(model, params, *inputs,
+                                           max_new_tokens=8, eos_id=eos,
+                                           pad_id=pad))
+  reference = decode.greedy_decode_no_cache(model, params, *inputs,
+                                            max_new_tokens=8, eos_id=eos,
+                                            pad_id=pad)
+  np.testing.assert_array_equal(tokens, reference)
+  for row in range(len(free)):
+    hits = np.flatnonzero(free[row] == eos)
+    stop = hits[0] + 1 if len(hits) else free.shape[1]
+    np.testing.assert_array_equal(tokens[row, :stop], free[row, :stop])
+    assert np.all(tokens[row, stop:] == pad)
+  assert np.all(tokens[0, 3:] == pad)

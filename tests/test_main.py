@@ -1,0 +1,68 @@
+"""End to end through the command line, as a user runs it."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args, data_dir):
+  cmd = [sys.executable, "-m", "gpt4v_jax.main", "--config=configs/shapes_caption.py:tiny",
+         f"--config.data.data_dir={data_dir}", *args]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def test_few_step_run_trains_evaluates_and_resumes(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  r = _main(f"--workdir={workdir}", data_dir=data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = r.stdout
+  assert "step 6/6 loss=" in out and "ex/s" in out and "ETA" in out and "MFU=" in out
+  results = json.loads((workdir / "results.json").read_text())
+  assert set(results["test"]) >= {"cider_d", "bleu_4", "object_f1", "exact_match"}
+  preds = json.loads((workdir / "eval_test_step6.json").read_text())
+  assert len(preds["predictions"]) == 16 and "references" in preds["predictions"][0]
+  assert (workdir / "eval_validation_step3.json").exists()  # The in-training eval ran.
+  assert glob.glob(str(workdir / "tb" / "events.out.tfevents.*"))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+
+  # Same command again: nothing retrains, the final evaluation is reused.
+  again = _main(f"--workdir={workdir}", data_dir=data_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resumed from step 6" in again.stdout and "step 1/6" not in again.stdout
+  assert "reused" in again.stdout
+  assert json.loads((workdir / "results.json").read_text()) == results
+
+  # Asking for more steps continues from the checkpoint.
+  longer = _main(f"--workdir={workdir}", "--config.train.steps=8", data_dir=data_dir)
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert "Resumed from step 6" in longer.stdout and "step 8/8" in longer.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.stepz=3"], "stepz"),
+    (["--config.train.steps=abc"], "train.steps"),
+    (["--config.mesh.data=3", "--config.mesh.fsdp=1"], "config.mesh"),
+    (["--config.data.global_batch_size=12"], "config.data.global_batch_size=12"),
+    (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads"),
+])
+def test_bad_config_fails_before_compiling(tmp_path, data_dir, args, message):
+  r = _main(f"--workdir={tmp_path / 'run'}", *args, data_dir=data_dir)
+  assert r.returncode != 0
+  assert message in r.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_workdir_parent_is_a_clear_error(tmp_path, data_dir):
+  r = _main(f"--workdir={tmp_path / 'no' / 'such' / 'run'}", data_dir=data_dir)
+  assert r.returncode != 0 and "parent directory" in r.stderr

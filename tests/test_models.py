@@ -1,0 +1,299 @@
+"""Tests for the ViT, decoder, fusion helpers and the composed GPT4V model.
+
+Compiles dominate the runtime on CPU (param init in particular), so shape-only
+checks use `jax.eval_shape` and numeric checks share one initialized model.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+
+from gpt4v_jax.models import decoder as decoder_lib
+from gpt4v_jax.models import fusion
+from gpt4v_jax.models import gpt4v
+from gpt4v_jax.models import vit as vit_lib
+
+RULES = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vision_embed", None),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("norm", None),
+    ("patch", None),
+    ("image_tokens", None),
+)
+PARAM_NAMES = {"embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm",
+               "patch", "image_tokens", "vision_embed"}
+NUM_IMAGE_TOKENS = 16  # nano/16 on 64x64 images.
+VOCAB = 128
+BATCH = 8  # Divisible by the 2x4 ("data", "fsdp") mesh.
+
+
+def small_config(**overrides):
+  cfg = gpt4v.default_model_config()
+  cfg.update(vit_variant="nano/16", width=64, depth=2, mlp_dim=128,
+             num_heads=4, num_kv_heads=2, vocab_size=VOCAB)
+  cfg.update(overrides)
+  return cfg
+
+
+def make_batch(batch=BATCH, text_len=8, prompt_len=3, seed=0):
+  """Images, text and masks; row i has i % 4 trailing padding tokens."""
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.uniform(-1, 1, (batch, 64, 64, 3)), jnp.float32)
+  # Ids below VOCAB - 1, so tests can add 1 to a token.
+  text = jnp.asarray(rng.integers(1, VOCAB - 1, (batch, text_len)), jnp.int32)
+  idx = np.arange(text_len)[None, :]
+  ar_mask = jnp.asarray(np.broadcast_to(idx >= prompt_len, (batch, text_len)))
+  input_mask = jnp.asarray(idx < text_len - np.arange(batch)[:, None] % 4)
+  return images, text, ar_mask, input_mask
+
+
+def numpy_init(module, *args):
+  """Unboxed random variables without compiling RNG code (slow on CPU)."""
+  shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype), shapes)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return gpt4v.build_model(small_config())
+
+
+@pytest.fixture(scope="module")
+def variables(model):
+  return jax.jit(model.init)(jax.random.key(0), *make_batch())
+
+
+@pytest.fixture(scope="module")
+def apply(model):
+  return jax.jit(model.apply)
+
+
+def test_vit_variant():
+  assert vit_lib.vit_variant("mu/8") == dict(
+      width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=8)
+  assert vit_lib.vit_variant("nano/16") == dict(
+      width=64, depth=2, mlp_dim=256, num_heads=2, patch_size=16)
+  assert vit_lib.vit_variant("B/16") == dict(
+      width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)
+  assert vit_lib.vit_variant("Ti/16")["width"] == 192
+  assert vit_lib.vit_variant("S/8")["num_heads"] == 6
+  assert vit_lib.vit_variant("L/14")["depth"] == 24
+  for bad in ("XL/16", "B", "B/x", "nano16"):
+    with pytest.raises(ValueError, match=bad):
+      vit_lib.vit_variant(bad)
+
+
+def test_vit_shape():
+  vit = vit_lib.ViT(**vit_lib.vit_variant("nano/16"))
+  out, _ = jax.eval_shape(vit.init_with_output, jax.random.key(0),
+                          make_batch()[0])
+  assert out.shape == (BATCH, NUM_IMAGE_TOKENS, 64)
+  assert vit.num_patches == NUM_IMAGE_TOKENS
+
+
+def test_gpt4v_shape(model, variables, apply):
+  logits = apply(variables, *make_batch())
+  assert logits.shape == (BATCH, 8, VOCAB) and logits.dtype == jnp.float32
+  assert model.num_image_tokens == NUM_IMAGE_TOKENS
+
+
+def test_decoder_cache_matches_no_cache(model, variables):
+  """The decoder alone, on the GPT4V decoder params: shapes and cache."""
+  dec = model.decoder
+  dec_vars = {"params": variables["params"]["decoder"]}
+  b, t, max_len = 2, 5, 9
+  tokens = jnp.arange(b * t, dtype=jnp.int32).reshape(b, t)
+  positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+  causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+
+  def run(module, cache):
+    x = module.embed(tokens)
+    if cache is None:
+      return module(x, positions, causal)
+    mask = jnp.pad(causal, ((0, 0), (0, 0), (0, max_len - t)))
+    return module(x, positions, mask, cache=cache, cache_index=jnp.int32(0))
+
+  logits, no_cache = jax.jit(nn.apply(run, dec))(dec_vars, None)
+  assert logits.shape == (b, t, VOCAB) and logits.dtype == jnp.float32
+  assert no_cache is None
+
+  empty = dec.init_cache(b, max_len)
+  assert len(empty) == 2
+  assert empty[0]["k"].shape == (b, max_len, 2, 16)
+  logits_cached, filled = jax.jit(nn.apply(run, dec))(dec_vars, empty)
+  np.testing.assert_allclose(logits_cached, logits, atol=1e-5)
+  assert jax.tree.map(jnp.shape, filled) == jax.tree.map(jnp.shape, empty)
+  assert jnp.all(jnp.any(filled[0]["k"][:, :t] != 0, axis=(2, 3)))
+  assert not jnp.any(filled[0]["k"][:, t:])  # Only slots [0, t) are written.
+
+
+def test_decoder_validates_heads():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    decoder_lib.Decoder(vocab_size=VOCAB, width=64, depth=1, mlp_dim=128,
+                        num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match="even"):
+    decoder_lib.Decoder(vocab_size=VOCAB, width=60, depth=1, mlp_dim=128,
+                        num_heads=4, num_kv_heads=2)
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    gpt4v.build_model(small_config(num_kv_heads=3))
+
+
+def test_prefix_lm_mask_matches_loop():
+  rng = np.random.default_rng(0)
+  b, s = 6, 12
+  # A prefix of random length, then causal tokens, then right padding.
+  prefix = rng.integers(0, s, b)
+  valid = rng.integers(1, s + 1, b)
+  idx = np.arange(s)[None]
+  ar_mask = (idx >= prefix[:, None]).astype(np.int32)
+  input_mask = idx < valid[:, None]
+  expected = np.zeros((b, s, s), bool)
+  for n in range(b):
+    for i in range(s):
+      for j in range(s):
+        if not (input_mask[n, i] and input_mask[n, j]):
+          continue  # Padding neither attends nor is attended to.
+        if i < prefix[n]:
+          expected[n, i, j] = j < prefix[n]  # Prefix: sees the whole prefix.
+        else:
+          expected[n, i, j] = j <= i  # Target: prefix + causal.
+  got = fusion.prefix_lm_mask(jnp.asarray(ar_mask), jnp.asarray(input_mask))
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_prefix_lm_causality(variables, apply):
+  images, text, ar_mask, input_mask = make_batch(prompt_len=3)
+  base = apply(variables, images, text, ar_mask, input_mask)
+
+  # Row 0 is unpadded. A target token only affects logits from its position.
+  future = text.at[0, 5].add(1)
+  changed = apply(variables, images, future, ar_mask, input_mask)
+  np.testing.assert_allclose(changed[0, :5], base[0, :5], atol=1e-6)
+  assert not np.allclose(changed[0, 5:], base[0, 5:], atol=1e-4)
+  np.testing.assert_array_equal(changed[1:], base[1:])
+
+  # The prompt is a bidirectional prefix: its last token affects every logit.
+  prompt = text.at[0, 2].add(1)
+  changed = apply(variables, images, prompt, ar_mask, input_mask)
+  assert np.all(np.abs(changed[0] - base[0]).max(axis=-1) > 1e-4)
+
+
+def test_padding_is_not_attended(variables, apply):
+  images, text, ar_mask, input_mask = make_batch()
+  base = apply(variables, images, text, ar_mask, input_mask)
+  # Row 3 has three padded positions; changing them is a no-op for the rest.
+  padded = text.at[3, -3:].add(1)
+  out = apply(variables, images, padded, ar_mask, input_mask)
+  np.testing.assert_allclose(out[3, :-3], base[3, :-3], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_kv_heads", [1, 2, 4])
+def test_gqa(num_kv_heads):
+  # A one-block decoder keeps the three compiles cheap.
+  dec = decoder_lib.Decoder(vocab_size=VOCAB, width=64, depth=1, mlp_dim=128,
+                            num_heads=4, num_kv_heads=num_kv_heads)
+  b, t = 2, 4
+  x = jax.random.normal(jax.random.key(1), (b, t, 64))
+  positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+  causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+  dec_vars = numpy_init(dec, x, positions, causal)
+  assert dec_vars["params"]["block_0"]["attn"]["key"].shape == (
+      64, num_kv_heads, 16)
+  logits, _ = jax.jit(dec.apply)(dec_vars, x, positions, causal)
+  assert logits.shape == (b, t, VOCAB)
+  assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(projector="linear", mlp_type="gelu", tie_embeddings=False,
+         dtype="bfloat16", remat=True),
+])
+def test_every_param_has_logical_names(overrides):
+  model = gpt4v.build_model(small_config(**overrides))
+  boxed = jax.eval_shape(model.init, jax.random.key(0), *make_batch())
+  specs = nn.get_partition_spec(boxed)
+  values = nn.unbox(boxed)
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  flat_specs = jax.tree.leaves(specs, is_leaf=is_spec)
+  flat_values = jax.tree.leaves(values)
+  assert len(flat_specs) == len(flat_values)
+  for spec, value in zip(flat_specs, flat_values):
+    assert is_spec(spec)
+    assert len(spec) == value.ndim, spec
+    assert set(spec) <= PARAM_NAMES, spec
+    assert value.dtype == jnp.float32  # Params stay float32 in bf16 too.
+
+
+def test_sharded_apply_matches_single_device(model, variables, apply):
+  batch = make_batch()
+  expected = apply(variables, *batch)
+
+  # jax.make_mesh defaults to Explicit axes, under which
+  # with_sharding_constraint is an assertion; Flax's logical constraints need
+  # Auto axes.
+  mesh = jax.make_mesh((2, 4, 1), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  shardings = nn.logical_to_mesh_sharding(
+      nn.get_partition_spec(variables), mesh, RULES)
+  params = jax.device_put(nn.unbox(variables), shardings)
+  embedding = params["params"]["decoder"]["embedding"]
+  assert embedding.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    logits = jax.jit(model.apply)(params, *batch)
+  assert logits.sharding.spec[0] == ("data", "fsdp")
+  np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_remat_matches(variables, apply):
+  remat_model = gpt4v.build_model(small_config(remat=True))
+  batch = make_batch()
+  np.testing.assert_allclose(jax.jit(remat_model.apply)(variables, *batch),
+                             apply(variables, *batch), atol=1e-6)
+  # Every ViT and decoder block is checkpointed in the backward pass.
+  loss = lambda v: jnp.mean(remat_model.apply(v, *batch) ** 2)
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(variables))
+  assert jaxpr.count("remat") == 4
+
+
+def test_remat_gradients_match():
+  # Gradient compiles are slow on CPU: compare on the decoder alone.
+  b, t = 2, 4
+  x = jax.random.normal(jax.random.key(1), (b, t, 64))
+  positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+  causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+
+  def grads(remat):
+    dec = decoder_lib.Decoder(vocab_size=VOCAB, width=64, depth=2, mlp_dim=128,
+                              num_heads=4, num_kv_heads=2, remat=remat)
+    loss = lambda v: jnp.mean(dec.apply(v, x, positions, causal)[0] ** 2)
+    return jax.jit(jax.grad(loss))(numpy_init(dec, x, positions, causal))
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               grads(True), grads(False))
+
+
+def test_bfloat16(variables, apply):
+  bf16_model = gpt4v.build_model(small_config(dtype="bfloat16"))
+  batch = make_batch()
+  logits = jax.jit(bf16_model.apply)(variables, *batch)
+  assert logits.dtype == jnp.float32
+  # Same float32 params, bf16 compute: logits stay close.
+  np.testing.assert_allclose(logits, apply(variables, *batch), atol=0.25)

@@ -1,0 +1,147 @@
+"""The sharded train step, checkpoint round trips and the data iterator resume."""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+import pytest
+
+from configs import shapes_caption
+from gpt4v_jax import checkpoint, sharding, train
+from gpt4v_jax.data import pipeline, shapes
+from gpt4v_jax.data.tokenizer import ByteTokenizer
+from gpt4v_jax.models.gpt4v import build_model
+from gpt4v_jax.optimizer import make_optimizer
+
+
+def _tiny_config(data_dir=None):
+  c = shapes_caption.get_config("tiny")
+  if data_dir is not None:
+    c.data.data_dir = str(data_dir)
+  return c
+
+
+def _random_batch(config, seed=0):
+  """A batch of random images and real caption rows (no dataset needed)."""
+  rng = np.random.default_rng(seed)
+  obj = train.make_objective(config, ByteTokenizer())
+  rows = []
+  for i in range(config.data.global_batch_size):
+    ex = dict(image=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+              captions=[f"a small red circle and {i} large blue squares."])
+    rows.append(obj.train_example(ex, rng))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, obj
+
+
+def _run_steps(config, devices, batch, max_text_len, num_steps=2):
+  """Losses of `num_steps` train steps on `batch` over a mesh of `devices`."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  model = build_model(config.model)
+  tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+    init, _, shardings = train.sharded_state_init(config, model, tx, mesh, max_text_len)
+    bs = sharding.batch_sharding(mesh)
+    step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True),
+                   in_shardings=(shardings, bs), out_shardings=(shardings, None),
+                   donate_argnums=0)
+    state = init()
+    losses = []
+    for _ in range(num_steps):
+      state, metrics = step(state, sharding.to_global(batch, bs))
+      losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state.params), shardings
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4)])
+def test_sharded_step_matches_one_device(data, fsdp):
+  config = _tiny_config()
+  batch, obj = _random_batch(config)
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  ref_losses, ref_params, _ = _run_steps(config, jax.devices()[:1], batch, obj.max_text_len)
+  config.mesh.update(data=data, fsdp=fsdp, tensor=1)
+  losses, params, shardings = _run_steps(config, jax.devices(), batch, obj.max_text_len)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  # Adam divides by sqrt(v): for near-zero gradients, float reassociation noise across
+  # devices becomes an update of up to ~lr/100, hence the absolute tolerance on params.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
+               params, ref_params)
+  if fsdp > 1:  # FSDP really shards: some param is split over the fsdp axis.
+    specs = [s.spec for s in jax.tree.leaves(shardings.params)]
+    assert any("fsdp" in jax.tree.leaves(tuple(s)) for s in specs)
+
+
+def test_mesh_errors_name_the_setting():
+  with pytest.raises(ValueError, match="config.mesh"):
+    sharding.mesh_shape(dict(data=3, fsdp=-1, tensor=1), 8)
+  with pytest.raises(ValueError, match="config.mesh"):
+    sharding.mesh_shape(dict(data=2, fsdp=2, tensor=1), 8)
+  assert sharding.mesh_shape(dict(data=-1, fsdp=2, tensor=1), 8) == (4, 2, 1)
+  mesh = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1))
+  with pytest.raises(ValueError, match="config.data.global_batch_size=12"):
+    sharding.check_batch_divides(12, mesh, "config.data.global_batch_size")
+
+
+@pytest.fixture(scope="module")
+def tiny_sources(tmp_path_factory):
+  return shapes.load_builder(str(tmp_path_factory.mktemp("data")), "tiny").as_data_source()
+
+
+def _train_iter(sources, obj, seed=0):
+  return iter(pipeline.train_dataset(
+      sources["train"], obj.train_example, seed=seed, local_batch_size=8, process_index=0,
+      process_count=1, num_threads=2))
+
+
+def test_pipeline_is_deterministic_and_reshuffles_epochs(tiny_sources):
+  obj = train.make_objective(_tiny_config(), ByteTokenizer())
+  a, b = _train_iter(tiny_sources, obj), _train_iter(tiny_sources, obj)
+  batches_a = [next(a) for _ in range(40)]  # 320 examples: more than one epoch of 256.
+  for x, y in zip(batches_a, [next(b) for _ in range(40)]):
+    jax.tree.map(np.testing.assert_array_equal, x, y)
+  assert batches_a[0]["image"].shape == (8, 64, 64, 3)
+  assert batches_a[0]["text"].shape == (8, obj.max_text_len)
+  # Two hosts read disjoint shards.
+  h0 = pipeline.train_dataset(tiny_sources["train"], obj.train_example, seed=0,
+                              local_batch_size=8, process_index=0, process_count=2,
+                              num_threads=0)
+  h1 = pipeline.train_dataset(tiny_sources["train"], obj.train_example, seed=0,
+                              local_batch_size=8, process_index=1, process_count=2,
+                              num_threads=0)
+  i0, i1 = next(iter(h0)), next(iter(h1))
+  assert not np.array_equal(i0["image"], i1["image"])
+
+
+def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources, tmp_path):
+  config = _tiny_config()
+  obj = train.make_objective(config, ByteTokenizer())
+  model = build_model(config.model)
+  tx, _ = make_optimizer(config.optimizer, config.train.steps)
+
+  def setup(mesh_sizes):
+    config.mesh.update(**mesh_sizes)
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+      return train.sharded_state_init(config, model, tx, mesh, obj.max_text_len)
+
+  init, _, _ = setup(dict(data=8, fsdp=1, tensor=1))
+  state = init()
+  it = _train_iter(tiny_sources, obj)
+  for _ in range(3):
+    next(it)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), keep=2)
+  ckpt.save(3, state, it)
+  ckpt.wait()
+  expected_next = [next(it) for _ in range(2)]
+
+  _, abstract, shardings = setup(dict(data=2, fsdp=4, tensor=1))
+  fresh_it = _train_iter(tiny_sources, obj)
+  restored = checkpoint.Checkpointer(str(tmp_path / "ckpt"), keep=2)
+  assert restored.latest_step() == 3
+  new_state = restored.restore(3, abstract, fresh_it)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state),
+               jax.device_get(state))
+  for leaf, sh in zip(jax.tree.leaves(new_state), jax.tree.leaves(shardings)):
+    assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)
+  for want in expected_next:
+    jax.tree.map(np.testing.assert_array_equal, next(fresh_it), want)
+  ckpt.close()
+  restored.close()
