@@ -14,6 +14,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 train: setup
+	mkdir -p $(dir $(WORKDIR))
 	$(VENV)/bin/python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=$(WORKDIR)
 
 test: setup

@@ -39,6 +39,10 @@ DEFAULT_RULES = (
     ("norm", None),
     ("patch", None),
     ("image_tokens", None),
+    ("conv_height", None),
+    ("conv_width", None),
+    ("conv_in", None),
+    ("conv_out", None),
 )
 
 

@@ -114,6 +114,7 @@ def make_train_step(model, tx, schedule, *, deterministic: bool):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
   # --- Checks: everything that can be wrong is reported before any compilation.
+  workdir = os.path.abspath(workdir)  # Orbax's TensorStore paths must be absolute.
   config_checks.check(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.data.global_batch_size, mesh, "config.data.global_batch_size")
@@ -124,6 +125,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=1))
   log(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
       f"{jax.process_count()} process(es).")
+
+  # Measured before the input pipeline's threads start, so they don't slow the measurement.
+  peak, peak_source = perf.peak_flops_per_device()
 
   # --- Data.
   tokenizer = get_tokenizer(config.tokenizer)
@@ -167,7 +171,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_step.lower(abstract_state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                                                   sharding=batch_sharding)
                                           for k, v in specs.items()}).compile())
-    peak, peak_source = perf.peak_flops_per_device()
     log(f"Train step: {step_flops / 1e9:.2f} GFLOP per device; peak {peak / 1e12:.3f} "
         f"TFLOP/s per device ({peak_source}).")
 

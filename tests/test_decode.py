@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import shapes_caption
 from gpt4v_jax import decode
 from gpt4v_jax.models import gpt4v
 
@@ -15,12 +16,12 @@ NEVER = VOCAB  # An eos_id the model cannot emit.
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = gpt4v.default_model_config()
+  cfg = shapes_caption.get_config().model
   # Untied unembedding: a random tied model mostly repeats its last input
   # token, which would make greedy decoding a weak test.
   cfg.update(vit_variant="nano/16", width=64, depth=2, mlp_dim=128,
              num_heads=4, num_kv_heads=1, vocab_size=VOCAB,
-             tie_embeddings=False, projector="linear")
+             tie_embeddings=False, projector="linear", mlp_type="gated")
   return gpt4v.build_model(cfg)
 
 

@@ -10,11 +10,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*args, data_dir):
-  cmd = [sys.executable, "-m", "gpt4v_jax.main", "--config=configs/shapes_caption.py:tiny",
+def _main(*args, data_dir, cwd=ROOT):
+  cmd = [sys.executable, "-m", "gpt4v_jax.main",
+         f"--config={ROOT}/configs/shapes_caption.py:tiny",
          f"--config.data.data_dir={data_dir}", *args]
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "PYTHONPATH": ROOT}
+  return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def data_dir(tmp_path_factory):
 
 def test_few_step_run_trains_evaluates_and_resumes(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  r = _main(f"--workdir={workdir}", data_dir=data_dir)
+  # A relative --workdir, as `make train` passes it (Orbax itself needs absolute paths).
+  r = _main("--workdir=run", data_dir=data_dir, cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   out = r.stdout
   assert "step 6/6 loss=" in out and "ex/s" in out and "ETA" in out and "MFU=" in out
@@ -37,14 +40,14 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, data_dir):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
 
   # Same command again: nothing retrains, the final evaluation is reused.
-  again = _main(f"--workdir={workdir}", data_dir=data_dir)
+  again = _main("--workdir=run", data_dir=data_dir, cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resumed from step 6" in again.stdout and "step 1/6" not in again.stdout
   assert "reused" in again.stdout
   assert json.loads((workdir / "results.json").read_text()) == results
 
   # Asking for more steps continues from the checkpoint.
-  longer = _main(f"--workdir={workdir}", "--config.train.steps=8", data_dir=data_dir)
+  longer = _main("--workdir=run", "--config.train.steps=8", data_dir=data_dir, cwd=tmp_path)
   assert longer.returncode == 0, longer.stderr[-3000:]
   assert "Resumed from step 6" in longer.stdout and "step 8/8" in longer.stdout
 

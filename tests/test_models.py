@@ -9,42 +9,27 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
+from configs import shapes_caption
+from gpt4v_jax import sharding
 from gpt4v_jax.models import decoder as decoder_lib
 from gpt4v_jax.models import fusion
 from gpt4v_jax.models import gpt4v
 from gpt4v_jax.models import vit as vit_lib
 
-RULES = (
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_head_dim", None),
-    ("activation_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("vision_embed", None),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("norm", None),
-    ("patch", None),
-    ("image_tokens", None),
-)
+RULES = sharding.DEFAULT_RULES
 PARAM_NAMES = {"embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm",
-               "patch", "image_tokens", "vision_embed"}
+               "patch", "image_tokens", "vision_embed", "conv_height", "conv_width", "conv_in",
+               "conv_out"}
 NUM_IMAGE_TOKENS = 16  # nano/16 on 64x64 images.
 VOCAB = 128
 BATCH = 8  # Divisible by the 2x4 ("data", "fsdp") mesh.
 
 
 def small_config(**overrides):
-  cfg = gpt4v.default_model_config()
+  cfg = shapes_caption.get_config().model
   cfg.update(vit_variant="nano/16", width=64, depth=2, mlp_dim=128,
-             num_heads=4, num_kv_heads=2, vocab_size=VOCAB)
+             num_heads=4, num_kv_heads=2, vocab_size=VOCAB, projector="mlp",
+             mlp_type="gated")
   cfg.update(overrides)
   return cfg
 
@@ -105,6 +90,19 @@ def test_vit_shape():
                           make_batch()[0])
   assert out.shape == (BATCH, NUM_IMAGE_TOKENS, 64)
   assert vit.num_patches == NUM_IMAGE_TOKENS
+
+
+def test_vit_conv_stem_keeps_the_token_grid():
+  vit = vit_lib.ViT(**vit_lib.vit_variant("nano/16"), stem="conv")
+  out, params = jax.eval_shape(vit.init_with_output, jax.random.key(0),
+                               make_batch()[0])
+  assert out.shape == (BATCH, NUM_IMAGE_TOKENS, 64)
+  # log2(16) = 4 stride-2 convs, channels doubling up to width / 2.
+  convs = [params["params"][f"stem_conv_{i}"]["kernel"] for i in range(4)]
+  assert [nn.unbox(k).shape[-1] for k in convs] == [4, 8, 16, 32]
+  with pytest.raises(ValueError, match="power-of-two"):
+    vit_lib.ViT(**vit_lib.vit_variant("nano/12"), image_size=48, stem="conv").init(
+        jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
 
 
 def test_gpt4v_shape(model, variables, apply):
@@ -223,7 +221,7 @@ def test_gqa(num_kv_heads):
 @pytest.mark.parametrize("overrides", [
     dict(),
     dict(projector="linear", mlp_type="gelu", tie_embeddings=False,
-         dtype="bfloat16", remat=True),
+         dtype="bfloat16", remat=True, vit_stem="conv"),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))

@@ -139,9 +139,9 @@ class GPT4V(nn.Module):
 
 
 def build_model(cfg):
-  """Builds a `GPT4V` from a config like `default_model_config()`."""
+  """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py)."""
   dtype = jnp.dtype(cfg.dtype)
-  vit = ViT(**vit_variant(cfg.vit_variant), remat=cfg.remat, dtype=dtype,
+  vit = ViT(**vit_variant(cfg.vit_variant), stem=cfg.vit_stem, remat=cfg.remat, dtype=dtype,
             dropout=cfg.dropout)
   decoder = Decoder(
       vocab_size=cfg.vocab_size,
@@ -158,22 +158,3 @@ def build_model(cfg):
       dropout=cfg.dropout)
   return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector)
 
-
-def default_model_config():
-  """CPU-friendly model config; the keys are exactly what build_model reads."""
-  return ml_collections.ConfigDict(dict(
-      vit_variant="mu/8",
-      projector="mlp",
-      vocab_size=384,
-      width=128,
-      depth=4,
-      mlp_dim=512,
-      num_heads=4,
-      num_kv_heads=2,
-      mlp_type="gated",
-      tie_embeddings=True,
-      rope_base=10000.0,
-      remat=False,
-      dtype="float32",
-      dropout=0.0,
-  ))

@@ -140,6 +140,10 @@ class ViT(nn.Module):
     remat: rematerialize each block in the backward pass.
     dtype: compute dtype; params stay float32.
     dropout: residual dropout rate.
+    stem: "patch" (the standard linear patch embedding) or "conv": stride-2 3x3
+      convolutions down to the same token grid, then the linear embedding
+      (Xiao et al. 2021, "Early convolutions help transformers see better"):
+      a few MFLOPs per image that make small ViTs far more sample-efficient.
   """
   width: int
   depth: int
@@ -147,6 +151,7 @@ class ViT(nn.Module):
   num_heads: int
   patch_size: int
   image_size: int = 64
+  stem: str = "patch"
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
@@ -154,6 +159,30 @@ class ViT(nn.Module):
   @property
   def num_patches(self):
     return (self.image_size // self.patch_size) ** 2
+
+  def _conv_stem(self, images):
+    """[batch, H, W, 3] -> [batch, (H/p)*(W/p), channels]: log2(p) stride-2 convs.
+
+    Channels double each layer and end at width/2, so the final Dense mixes
+    them up to `width`.
+    """
+    num_layers = self.patch_size.bit_length() - 1
+    if 2 ** num_layers != self.patch_size:
+      raise ValueError(f"The conv stem needs a power-of-two patch size, got {self.patch_size}.")
+    x = images
+    for i in range(num_layers):
+      features = self.width // 2 ** (num_layers - i)
+      x = nn.Conv(features, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                  param_dtype=jnp.float32,
+                  kernel_init=nn.with_logical_partitioning(
+                      nn.initializers.lecun_normal(),
+                      ("conv_height", "conv_width", "conv_in", "conv_out")),
+                  bias_init=nn.with_logical_partitioning(
+                      nn.initializers.zeros_init(), ("conv_out",)),
+                  name=f"stem_conv_{i}")(x)
+      x = nn.gelu(x)
+    b, gh, gw, ch = x.shape
+    return x.reshape(b, gh * gw, ch)
 
   @nn.compact
   def __call__(self, images, deterministic=True):
@@ -163,10 +192,15 @@ class ViT(nn.Module):
     if h != self.image_size or w != self.image_size or h % p:
       raise ValueError(f"Expected {self.image_size}x{self.image_size} images "
                        f"divisible into {p}x{p} patches, got {h}x{w}.")
-    # Non-overlapping patches flattened row-major to [batch, n, p*p*3]; a Dense
-    # on them is the same as a stride-p convolution.
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
+    if self.stem == "conv":
+      x = self._conv_stem(images.astype(self.dtype))
+    elif self.stem == "patch":
+      # Non-overlapping patches flattened row-major to [batch, n, p*p*3]; a
+      # Dense on them is the same as a stride-p convolution.
+      x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+      x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
+    else:
+      raise ValueError(f"Unknown ViT stem {self.stem!r}; expected 'patch' or 'conv'.")
     x = dense(self.width, ("patch", "embed"), self.dtype, "embedding")(x)
     pos = self.param(
         "pos_embedding",
