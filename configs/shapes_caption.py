@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer = "bytes"
 
   c.data = dict(data_dir="data_dir", builder_config="default", train_split="train",
-                global_batch_size=32, num_threads=2)
+                global_batch_size=16, num_threads=2)
   # Text row: BOS, task token, caption (<= 119 bytes), EOS.
   c.objective = dict(kind="caption", prompt="", max_text_len=124)
 
@@ -32,10 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = sharding.DEFAULT_RULES
 
-  c.optimizer = dict(learning_rate=3e-3, warmup_steps=100, end_learning_rate_fraction=0.02,
+  c.optimizer = dict(learning_rate=2e-3, warmup_steps=200, end_learning_rate_fraction=0.02,
                      b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
-  c.train = dict(steps=1200, log_every=50, checkpoint_every=300, keep_checkpoints=2)
-  c.evals = dict(every=300, during_splits=("validation",), during_num_examples=200,
+  c.train = dict(steps=2400, log_every=100, checkpoint_every=600, keep_checkpoints=2)
+  c.evals = dict(every=600, during_splits=("validation",), during_num_examples=200,
                  final_splits=("test", "compositional"), final_num_examples=1000,
                  batch_size=200, num_samples_to_print=4)
 
