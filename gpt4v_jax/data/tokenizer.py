@@ -31,6 +31,17 @@ class Tokenizer(Protocol):
     """Piece ids -> text; stops at the first EOS, skips other special ids."""
 
 
+def _own_pieces(ids: Sequence[int]) -> list[int]:
+  """Ids up to the first EOS, special ids dropped, shifted back to the tokenizer's own range."""
+  pieces = []
+  for i in map(int, ids):
+    if i == EOS_ID:
+      break
+    if i >= NUM_RESERVED:
+      pieces.append(i - NUM_RESERVED)
+  return pieces
+
+
 class ByteTokenizer:
   """UTF-8 bytes shifted past the reserved ids: vocab 16 + 256 = 272."""
   pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
@@ -40,14 +51,7 @@ class ByteTokenizer:
     return [b + NUM_RESERVED for b in text.encode("utf-8")]
 
   def decode(self, ids: Sequence[int]) -> str:
-    out = bytearray()
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i >= NUM_RESERVED:
-        out.append(i - NUM_RESERVED)
-    return out.decode("utf-8", errors="replace")
+    return bytes(_own_pieces(ids)).decode("utf-8", errors="replace")
 
 
 class SentencePieceTokenizer:
@@ -67,14 +71,7 @@ class SentencePieceTokenizer:
     return [i + NUM_RESERVED for i in self._sp.encode(text)]
 
   def decode(self, ids: Sequence[int]) -> str:
-    pieces = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i >= NUM_RESERVED:
-        pieces.append(i - NUM_RESERVED)
-    return self._sp.decode(pieces)
+    return self._sp.decode(_own_pieces(ids))
 
 
 def get_tokenizer(spec: str) -> Tokenizer:
