@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+
 def _greedy_loop(first_logits, step_fn, carry, max_new_tokens, eos_id, pad_id):
   """Shared greedy loop.
 
