@@ -18,13 +18,6 @@ def _text(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def gt_objects(example: dict) -> list[tuple[str, str, str]]:
-  """Scene objects of a data-source example as (size, color, shape) name tuples."""
-  objs = example["objects"]
-  return [(shapes.SIZES[s], shapes.COLORS[c], shapes.SHAPES[k])
-          for s, c, k in zip(objs["size"], objs["color"], objs["shape"])]
-
-
 class CaptionObjective:
   """How a shapes example becomes a caption training row, a decoding prompt, and a score."""
   name = "caption"
@@ -59,7 +52,7 @@ class CaptionObjective:
     bleu = caption_metrics.bleu(refs, preds)
     cider, _ = caption_metrics.cider_d(refs, preds)
     pred_objs = [shapes.parse_caption(p) for p in predictions]
-    true_objs = [gt_objects(ex) for ex in examples]
+    true_objs = [shapes.scene_objects(shapes.example_scene(ex)) for ex in examples]
     prf = caption_metrics.object_prf(pred_objs, true_objs)
     scene_acc = np.mean([sorted(p) == sorted(g) for p, g in zip(pred_objs, true_objs)])
     metrics = {"cider_d": cider, "bleu_4": bleu[3], "exact_match":
