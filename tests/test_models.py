@@ -105,6 +105,26 @@ def test_vit_conv_stem_keeps_the_token_grid():
         jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
 
 
+def test_merge_tokens_matches_loops():
+  b, g, m, d = 2, 4, 2, 3
+  x = np.random.default_rng(0).normal(size=(b, g * g, d)).astype(np.float32)
+  expected = np.zeros((b, (g // m) ** 2, m * m * d))
+  for i in range(g // m):
+    for j in range(g // m):
+      sub = [x[:, (i * m + a) * g + j * m + c] for a in range(m) for c in range(m)]
+      expected[:, i * (g // m) + j] = np.concatenate(sub, axis=-1)
+  np.testing.assert_array_equal(fusion.merge_tokens(jnp.asarray(x), m), expected)
+  with pytest.raises(ValueError, match="merge 3x3"):
+    fusion.merge_tokens(jnp.asarray(x), 3)
+
+
+def test_merged_projector_shortens_the_image_prefix():
+  model = gpt4v.build_model(small_config(vit_variant="nano/8", projector_merge=2))
+  variables = model.init(jax.random.key(0), *make_batch())
+  assert model.num_image_tokens == 16  # 8x8 patches of 64x64, merged 2x2.
+  assert model.apply(variables, *make_batch()).shape == (BATCH, 8, VOCAB)
+
+
 def test_gpt4v_shape(model, variables, apply):
   logits = apply(variables, *make_batch())
   assert logits.shape == (BATCH, 8, VOCAB) and logits.dtype == jnp.float32
@@ -222,6 +242,7 @@ def test_gqa(num_kv_heads):
     dict(),
     dict(projector="linear", mlp_type="gelu", tie_embeddings=False,
          dtype="bfloat16", remat=True, vit_stem="conv"),
+    dict(vit_variant="nano/8", projector_merge=2),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))

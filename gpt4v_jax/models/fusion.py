@@ -4,6 +4,8 @@
 * `prefix_lm_mask` builds the attention mask of the fused sequence
   [image tokens, prompt tokens, target tokens].
 """
+import math
+
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -17,15 +19,23 @@ class Projector(nn.Module):
     kind: "linear" (one Dense) or "mlp" (Dense-GELU-Dense, LLaVA-1.5 style,
       hidden size = `width`).
     width: decoder model width.
+    merge: side of the square of neighbouring vision tokens concatenated into
+      one decoder token before the projection (1 = none; 2 = 2x2, as
+      Qwen2-VL's patch merger and InternVL's pixel shuffle do). It lets the
+      encoder see a fine patch grid while the decoder, whose sequence dominates
+      the cost, sees merge**2 times fewer image tokens.
     dtype: compute dtype; params stay float32.
   """
   kind: str
   width: int
+  merge: int = 1
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    """[batch, tokens, vision_width] -> [batch, tokens, width]."""
+    """[batch, grid*grid, vision_width] -> [batch, (grid/merge)**2, width]."""
+    if self.merge > 1:
+      x = merge_tokens(x, self.merge)
     if self.kind == "linear":
       x = dense(self.width, ("vision_embed", "embed"), self.dtype, "linear")(x)
     elif self.kind == "mlp":
@@ -39,6 +49,21 @@ class Projector(nn.Module):
                        "expected 'linear' or 'mlp'.")
     return nn.with_logical_constraint(
         x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+def merge_tokens(x, m):
+  """Concatenates each m x m block of a square token grid into one token.
+
+  [batch, g*g, d] (row-major g x g grid) -> [batch, (g/m)**2, m*m*d], the
+  blocks again row-major, each block's tokens row-major inside it.
+  """
+  b, n, d = x.shape
+  g = math.isqrt(n)
+  if g * g != n or g % m:
+    raise ValueError(f"Cannot merge {m}x{m} tokens of a {n}-token grid; the grid must be "
+                     f"square with a side divisible by {m}.")
+  x = x.reshape(b, g // m, m, g // m, m, d).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (g // m) ** 2, m * m * d)
 
 
 def prefix_lm_mask(ar_mask, input_mask):

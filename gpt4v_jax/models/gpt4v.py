@@ -33,18 +33,21 @@ class GPT4V(nn.Module):
     decoder: unbound `Decoder`.
     projector_kind: "linear" or "mlp", see `Projector`. Runs in the decoder's
       dtype.
+    projector_merge: vision tokens merged per side into one decoder token,
+      see `Projector`.
   """
   vit: ViT
   decoder: Decoder
   projector_kind: str = "mlp"
+  projector_merge: int = 1
 
   def setup(self):
     self.projector = Projector(self.projector_kind, self.decoder.width,
-                               self.decoder.dtype)
+                               self.projector_merge, self.decoder.dtype)
 
   @property
   def num_image_tokens(self):
-    return self.vit.num_patches
+    return self.vit.num_patches // self.projector_merge ** 2
 
   def encode_images(self, images, deterministic=True):
     """[batch, H, W, 3] in [-1, 1] -> [batch, num_image_tokens, width]."""
@@ -156,5 +159,6 @@ def build_model(cfg):
       remat=cfg.remat,
       dtype=dtype,
       dropout=cfg.dropout)
-  return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector)
+  return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector,
+               projector_merge=cfg.projector_merge)
 
