@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = dict(
       # 16x16 patches: 16 image tokens keep the decoder's sequence short on a CPU.
-      vit_variant="mu/16", vit_stem="patch", projector="linear",
+      vit_variant="mu/16", vit_stem="patch", vit_stem_blocks=1, projector="linear",
       projector_merge=1,
       vocab_size=384,  # 272 byte-tokenizer ids, padded to a multiple of 128 for sharding.
       width=128, depth=4, mlp_dim=512, num_heads=4, num_kv_heads=2, mlp_type="gelu",

@@ -12,6 +12,7 @@ import flax.linen as nn
 from configs import shapes_caption
 from gpt4v_jax import sharding
 from gpt4v_jax.models import decoder as decoder_lib
+from gpt4v_jax.models import cnn
 from gpt4v_jax.models import fusion
 from gpt4v_jax.models import gpt4v
 from gpt4v_jax.models import vit as vit_lib
@@ -123,6 +124,24 @@ def test_merged_projector_shortens_the_image_prefix():
   variables = model.init(jax.random.key(0), *make_batch())
   assert model.num_image_tokens == 16  # 8x8 patches of 64x64, merged 2x2.
   assert model.apply(variables, *make_batch()).shape == (BATCH, 8, VOCAB)
+
+
+def test_resnet_stem_grid_and_identity_init():
+  vit = vit_lib.ViT(**vit_lib.vit_variant("nano/8"), stem="resnet", stem_blocks=2)
+  images = make_batch()[0]
+  out, params = jax.eval_shape(vit.init_with_output, jax.random.key(0), images)
+  assert out.shape == (BATCH, 64, 64)  # 8x8 grid of width-64 tokens.
+  stem = params["params"]["stem"]
+  # log2(8) = 3 stages of 2 blocks, channels doubling up to the ViT width.
+  assert [nn.unbox(stem[f"stage{i}_block0"]["conv2"]["kernel"]).shape[-1]
+          for i in range(3)] == [16, 32, 64]
+  assert "shortcut" not in stem["stage0_block1"]  # Same shape: identity shortcut.
+
+  # The zero-initialised last norm makes each residual branch start at 0.
+  block = cnn.ResidualBlock(8)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8))
+  y = block.apply(block.init(jax.random.key(2), x), x)
+  np.testing.assert_allclose(y, nn.gelu(x), atol=1e-6)
 
 
 def test_gpt4v_shape(model, variables, apply):
@@ -243,6 +262,7 @@ def test_gqa(num_kv_heads):
     dict(projector="linear", mlp_type="gelu", tie_embeddings=False,
          dtype="bfloat16", remat=True, vit_stem="conv"),
     dict(vit_variant="nano/8", projector_merge=2),
+    dict(vit_stem="resnet", vit_stem_blocks=2),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from gpt4v_jax.models import cnn
+
 _BTE = ("activation_batch", "activation_length", "activation_embed")
 _BTM = ("activation_batch", "activation_length", "activation_mlp")
 _BTHD = ("activation_batch", "activation_length", "activation_heads",
@@ -140,10 +142,13 @@ class ViT(nn.Module):
     remat: rematerialize each block in the backward pass.
     dtype: compute dtype; params stay float32.
     dropout: residual dropout rate.
-    stem: "patch" (the standard linear patch embedding) or "conv": stride-2 3x3
-      convolutions down to the same token grid, then the linear embedding
-      (Xiao et al. 2021, "Early convolutions help transformers see better"):
-      a few MFLOPs per image that make small ViTs far more sample-efficient.
+    stem: "patch" (the standard linear patch embedding), "conv" (stride-2 3x3
+      convolutions down to the same token grid, then the linear embedding;
+      Xiao et al. 2021, "Early convolutions help transformers see better"), or
+      "resnet" (residual conv stages, `cnn.ResNetStem`, then the linear
+      embedding: big_vision's hybrid "R+ViT"; with depth 0 the encoder is a
+      plain CNN).
+    stem_blocks: residual blocks per stage of the "resnet" stem.
   """
   width: int
   depth: int
@@ -152,6 +157,7 @@ class ViT(nn.Module):
   patch_size: int
   image_size: int = 64
   stem: str = "patch"
+  stem_blocks: int = 1
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
@@ -194,13 +200,17 @@ class ViT(nn.Module):
                        f"divisible into {p}x{p} patches, got {h}x{w}.")
     if self.stem == "conv":
       x = self._conv_stem(images.astype(self.dtype))
+    elif self.stem == "resnet":
+      x = cnn.ResNetStem(p, self.width, self.stem_blocks, self.dtype, name="stem")(images)
+      x = x.reshape(b, -1, x.shape[-1])
     elif self.stem == "patch":
       # Non-overlapping patches flattened row-major to [batch, n, p*p*3]; a
       # Dense on them is the same as a stride-p convolution.
       x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
       x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
     else:
-      raise ValueError(f"Unknown ViT stem {self.stem!r}; expected 'patch' or 'conv'.")
+      raise ValueError(f"Unknown ViT stem {self.stem!r}; expected 'patch', 'conv' or "
+                       "'resnet'.")
     x = dense(self.width, ("patch", "embed"), self.dtype, "embedding")(x)
     pos = self.param(
         "pos_embedding",
