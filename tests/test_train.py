@@ -81,8 +81,8 @@ def test_mesh_errors_name_the_setting():
 
 
 @pytest.fixture(scope="module")
-def tiny_sources(tmp_path_factory):
-  return shapes.load_builder(str(tmp_path_factory.mktemp("data")), "tiny").as_data_source()
+def tiny_sources(tiny_data_dir):
+  return shapes.load_builder(tiny_data_dir, "tiny").as_data_source()
 
 
 def _train_iter(sources, obj, seed=0):
