@@ -16,8 +16,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.tokenizer = "bytes"
 
+  # on_bad_example: "skip" (counted in train/skipped_examples) or "error"; captions longer
+  # than the text row are cut and counted in train/truncated_texts.
   c.data = dict(data_dir="data_dir", builder_config="default", train_split="train",
-                global_batch_size=16, num_threads=2)
+                global_batch_size=16, num_threads=2, on_bad_example="skip")
   # Text row: BOS, task token, caption (<= 119 bytes), EOS.
   c.objective = dict(kind="caption", prompt="", max_text_len=124)
 

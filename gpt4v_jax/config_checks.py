@@ -5,6 +5,7 @@ import jax
 import ml_collections
 
 from gpt4v_jax import sharding
+from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import get_tokenizer
 
 
@@ -31,3 +32,6 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   unknown -= {"train", "validation", "test", "compositional"}
   if unknown:
     raise ValueError(f"config.evals splits {sorted(unknown)} are not splits of shapes.")
+  if config.data.on_bad_example not in pipeline.ON_BAD_EXAMPLE:
+    raise ValueError(f"config.data.on_bad_example={config.data.on_bad_example!r}: expected one "
+                     f"of {pipeline.ON_BAD_EXAMPLE}.")

@@ -33,6 +33,12 @@ class TrainState:
   params: Any  # Unboxed param tree.
   opt_state: Any
   rng: jax.Array  # [2] uint32, a raw PRNG key so Orbax stores it as a plain array.
+  # [] int32 each, cumulative over the run (checkpointed, so exact across resumes): bad
+  # examples skipped, captions truncated to fit.
+  counters: dict[str, jax.Array]
+
+
+COUNTERS = ("skipped_examples", "truncated_texts")
 
 
 def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjective:
@@ -44,9 +50,12 @@ def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjec
 
 
 def batch_spec(global_batch: int, max_text_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of one global training batch (what `objective.train_example` rows stack into)."""
+  """Shapes of one global training batch (`objective.train_example` rows, stacked by the
+  pipeline, which adds `skipped`)."""
   b, t, s = global_batch, max_text_len, shapes.IMAGE_SIZE
   return dict(image=jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+              truncated=jax.ShapeDtypeStruct((b,), jnp.int32),
+              skipped=jax.ShapeDtypeStruct((b,), jnp.int32),
               text=jax.ShapeDtypeStruct((b, t), jnp.int32),
               ar_mask=jax.ShapeDtypeStruct((b, t), jnp.int32),
               input_mask=jax.ShapeDtypeStruct((b, t), jnp.bool_),
@@ -71,7 +80,7 @@ def sharded_state_init(config, model, tx, mesh, max_text_len: int):
     params_rng, state_rng = jax.random.split(key)
     params = nn.unbox(init_boxed_params(params_rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=state_rng)
+                      rng=state_rng, counters={k: jnp.zeros((), jnp.int32) for k in COUNTERS})
 
   key = jax.random.PRNGKey(config.seed)
   param_shardings = sharding.logical_to_shardings(
@@ -82,7 +91,8 @@ def sharded_state_init(config, model, tx, mesh, max_text_len: int):
   opt_shardings = optax.tree_map_params(
       tx, lambda _, s: s, abstract.opt_state, param_shardings,
       transform_non_params=lambda _: rep)
-  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
+  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep,
+                         counters={k: rep for k in COUNTERS})
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           abstract, shardings)
   init = jax.jit(lambda: init_state(key), out_shardings=shardings)
@@ -104,9 +114,13 @@ def make_train_step(model, tx, schedule, *, deterministic: bool):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    c = state.counters
+    counters = dict(skipped_examples=c["skipped_examples"] + batch["skipped"].sum(),
+                    truncated_texts=c["truncated_texts"] + batch["truncated"].sum())
     metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                   learning_rate=schedule(state.step), **aux)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+                   learning_rate=schedule(state.step), **counters, **aux)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         counters=counters), metrics
 
   return train_step
 
@@ -133,12 +147,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = get_tokenizer(config.tokenizer)
   objective = make_objective(config, tokenizer)
   builder = shapes.load_builder(config.data.data_dir, config.data.builder_config)
-  sources = builder.as_data_source()
+  sources = shapes.encoded_sources(builder)
   local_batch = config.data.global_batch_size // jax.process_count()
   train_iter = iter(pipeline.train_dataset(
       sources[config.data.train_split], objective.train_example, seed=config.seed,
       local_batch_size=local_batch, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_threads=config.data.num_threads))
+      process_count=jax.process_count(), num_threads=config.data.num_threads,
+      on_bad_example=config.data.on_bad_example))
   batch_sharding = sharding.batch_sharding(mesh)
 
   # --- Model, optimizer and the sharded state.
@@ -179,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluate = lambda split, n, step: evaluate_split(
         objective=objective, model=model, params=state.params, source=sources[split],
         split=split, num_examples=n, batch_size=config.evals.batch_size, mesh=mesh,
-        out_dir=workdir, step=step)
+        out_dir=workdir, step=step, on_bad_example=config.data.on_bad_example)
     pending, window_start, window_steps = None, time.perf_counter(), 0
     for step in range(start_step, total_steps):
       batch = sharding.to_global(next(train_iter), batch_sharding)
@@ -244,7 +259,8 @@ def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: d
   if not np.isfinite(m["loss"]):
     raise FloatingPointError(f"Non-finite loss {m['loss']} at step {step}.")
   writer.scalars(step, {**m, **rates}, prefix="train/")
+  faults = "".join(f" {k}={int(m[k])}" for k in COUNTERS if m[k])  # Shown once non-zero.
   log(f"step {step}/{total} loss={m['loss']:.4f} acc={m['token_accuracy']:.3f} "
       f"lr={m['learning_rate']:.2e} gnorm={m['grad_norm']:.3f} "
       f"{rates['examples_per_sec']:.1f} ex/s {rates['step_time'] * 1e3:.0f} ms/step "
-      f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min")
+      f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min{faults}")

@@ -42,6 +42,7 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run)
     (["--config.mesh.data=3", "--config.mesh.fsdp=1"], "config.mesh"),
     (["--config.data.global_batch_size=12"], "config.data.global_batch_size=12"),
     (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads"),
+    (["--config.data.on_bad_example=ignore"], "config.data.on_bad_example"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, run_main, args, message):
   r = run_main(f"--workdir={tmp_path / 'run'}", *args)

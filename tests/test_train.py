@@ -28,7 +28,7 @@ def _random_batch(config, seed=0):
   for i in range(config.data.global_batch_size):
     ex = dict(image=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
               captions=[f"a small red circle and {i} large blue squares."])
-    rows.append(obj.train_example(ex, rng))
+    rows.append(dict(obj.train_example(ex, rng), skipped=np.int32(0)))
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, obj
 
 
@@ -82,7 +82,7 @@ def test_mesh_errors_name_the_setting():
 
 @pytest.fixture(scope="module")
 def tiny_sources(tiny_data_dir):
-  return shapes.load_builder(tiny_data_dir, "tiny").as_data_source()
+  return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
 
 
 def _train_iter(sources, obj, seed=0):
