@@ -36,7 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = dict(learning_rate=2e-3, warmup_steps=200, end_learning_rate_fraction=0.02,
                      b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
-  c.train = dict(steps=2400, log_every=100, checkpoint_every=600, keep_checkpoints=2)
+  # skip_nonfinite_updates: False stops the run at a NaN/Inf step; True skips its update
+  # (counted in train/nonfinite_steps).
+  c.train = dict(steps=2400, log_every=100, checkpoint_every=600, keep_checkpoints=2,
+                 skip_nonfinite_updates=False)
   c.evals = dict(every=600, during_splits=("validation",), during_num_examples=200,
                  final_splits=("test", "compositional"), final_num_examples=1000,
                  batch_size=200, num_samples_to_print=4)

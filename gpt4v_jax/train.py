@@ -34,11 +34,11 @@ class TrainState:
   opt_state: Any
   rng: jax.Array  # [2] uint32, a raw PRNG key so Orbax stores it as a plain array.
   # [] int32 each, cumulative over the run (checkpointed, so exact across resumes): bad
-  # examples skipped, captions truncated to fit.
+  # examples skipped, captions truncated to fit, steps whose update was not finite.
   counters: dict[str, jax.Array]
 
 
-COUNTERS = ("skipped_examples", "truncated_texts")
+COUNTERS = ("skipped_examples", "truncated_texts", "nonfinite_steps")
 
 
 def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjective:
@@ -99,8 +99,13 @@ def sharded_state_init(config, model, tx, mesh, max_text_len: int):
   return init, abstract, shardings
 
 
-def make_train_step(model, tx, schedule, *, deterministic: bool):
-  """(state, batch) -> (state, metrics): forward, loss on target tokens, AdamW update."""
+def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite: bool):
+  """(state, batch) -> (state, metrics): forward, loss on target tokens, AdamW update.
+
+  `metrics["finite"]` says whether loss, gradients and update were all finite. With
+  `skip_nonfinite` a step where they are not leaves params and optimizer state as they were
+  (the step counter and the data still move on); either way `nonfinite_steps` counts it.
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -114,11 +119,19 @@ def make_train_step(model, tx, schedule, *, deterministic: bool):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    # The update norm catches what loss and gradients miss, e.g. a NaN learning rate.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates)))
+    if skip_nonfinite:
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
     c = state.counters
     counters = dict(skipped_examples=c["skipped_examples"] + batch["skipped"].sum(),
-                    truncated_texts=c["truncated_texts"] + batch["truncated"].sum())
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                   learning_rate=schedule(state.step), **counters, **aux)
+                    truncated_texts=c["truncated_texts"] + batch["truncated"].sum(),
+                    nonfinite_steps=c["nonfinite_steps"] + (~finite).astype(jnp.int32))
+    metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   finite=finite, **counters, **aux)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          counters=counters), metrics
 
@@ -178,7 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # --- The jitted train step: explicit shardings, donated state.
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, deterministic=config.model.dropout == 0.0),
+        make_train_step(model, tx, schedule, deterministic=config.model.dropout == 0.0,
+                        skip_nonfinite=config.train.skip_nonfinite_updates),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     specs = batch_spec(config.data.global_batch_size, objective.max_text_len)
@@ -189,21 +203,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log(f"Train step: {step_flops / 1e9:.2f} GFLOP per device; peak {peak / 1e12:.3f} "
         f"TFLOP/s per device ({peak_source}).")
 
-    # --- The loop. Step N+1 is dispatched before step N's metrics are pulled to the host.
+    # --- The loop. Step N+1 is dispatched before step N's metrics are pulled to the host;
+    # step N's finiteness is checked then too, and before anything of step N+1 is saved.
     writer = MetricWriter(os.path.join(workdir, "tb"))
     evaluate = lambda split, n, step: evaluate_split(
         objective=objective, model=model, params=state.params, source=sources[split],
         split=split, num_examples=n, batch_size=config.evals.batch_size, mesh=mesh,
         out_dir=workdir, step=step, on_bad_example=config.data.on_bad_example)
+
+    def check_finite(step, metrics):
+      if not config.train.skip_nonfinite_updates:
+        _check_finite(step, metrics, ckpt)
+
     pending, window_start, window_steps = None, time.perf_counter(), 0
+    previous = None  # (step, metrics) of the step before, checked one step late.
     for step in range(start_step, total_steps):
+      done = step + 1
       batch = sharding.to_global(next(train_iter), batch_sharding)
       state, metrics = train_step(state, batch)
       window_steps += 1
+      if previous is not None:
+        check_finite(*previous)
+      previous = (done, metrics)
       if pending is not None:
         _report(writer, *pending)
         pending = None
-      done = step + 1
       if done % config.train.log_every == 0 or done == total_steps:
         jax.block_until_ready(metrics)
         elapsed = time.perf_counter() - window_start
@@ -215,8 +239,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         pending = (done, total_steps, metrics, rates)
         window_start, window_steps = time.perf_counter(), 0
       if done % config.train.checkpoint_every == 0 or done == total_steps:
+        check_finite(done, metrics)
         ckpt.save(done, state, train_iter)
       if config.evals.every and done % config.evals.every == 0 and done < total_steps:
+        check_finite(done, metrics)
         for split in config.evals.during_splits:
           m, _ = evaluate(split, config.evals.during_num_examples, done)
           writer.scalars(done, m, prefix=f"eval/{split}/")
@@ -250,14 +276,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> None:
+  """Stops the run at a non-finite step, once the saves before it are committed."""
+  if bool(metrics["finite"]):
+    return
+  ckpt.wait()
+  m = jax.device_get(metrics)
+  newest = ckpt.latest_step()
+  kept = ("no checkpoint was saved before it" if newest is None else
+          f"the newest checkpoint, step {newest}, was saved before it and holds finite values")
+  raise FloatingPointError(
+      f"Non-finite loss, gradients or update at step {step} (loss={float(m['loss'])}, "
+      f"grad_norm={float(m['grad_norm'])}); {kept}. Lower config.optimizer.learning_rate, "
+      "check the data, or set config.train.skip_nonfinite_updates=True to skip such updates.")
+
+
 def _fmt(metrics: dict) -> str:
   return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
 def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: dict) -> None:
-  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not np.isfinite(m["loss"]):
-    raise FloatingPointError(f"Non-finite loss {m['loss']} at step {step}.")
+  m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
   writer.scalars(step, {**m, **rates}, prefix="train/")
   faults = "".join(f" {k}={int(m[k])}" for k in COUNTERS if m[k])  # Shown once non-zero.
   log(f"step {step}/{total} loss={m['loss']:.4f} acc={m['token_accuracy']:.3f} "

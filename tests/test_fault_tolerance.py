@@ -1,10 +1,14 @@
 """Fault tolerance (README, "Fault tolerance"): each test injects one fault and checks what the
 run does about it."""
 import io
+import os
 
+import flax.linen as nn
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import PIL.Image
 import pytest
 
@@ -12,6 +16,7 @@ from configs import shapes_caption
 from gpt4v_jax import train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import ByteTokenizer
+from gpt4v_jax.optimizer import make_optimizer
 
 
 # --- Bad input data (the training pipeline over a small fake source).
@@ -110,3 +115,78 @@ def test_bad_eval_examples_are_left_out_of_fixed_size_batches():
   with pytest.raises(pipeline.BadExample, match=r"id=100\)"):
     list(pipeline.eval_batches(_fake_source(), obj.eval_example, num_examples=16,
                                batch_size=5, on_bad_example="error"))
+
+
+# --- Non-finite steps (the jitted train step on a toy model: fast to compile).
+
+
+class _Toy(nn.Module):
+  """Logits from the text and the image mean: a NaN image gives a NaN loss."""
+  vocab: int = 16
+
+  @nn.compact
+  def __call__(self, image, text, ar_mask, input_mask, deterministic=True):
+    del ar_mask, input_mask, deterministic
+    x = nn.Embed(self.vocab, 8)(text) + image.mean((1, 2, 3))[:, None, None]
+    return nn.Dense(self.vocab)(x)
+
+
+def _toy_batch(image_value: float) -> dict:
+  b, t = 4, 6
+  rng = np.random.default_rng(0)
+  return dict(image=np.full((b, 2, 2, 3), image_value, np.float32),
+              text=rng.integers(0, 16, (b, t), dtype=np.int32),
+              ar_mask=np.ones((b, t), np.int32), input_mask=np.ones((b, t), bool),
+              targets=rng.integers(0, 16, (b, t), dtype=np.int32),
+              loss_mask=np.ones((b, t), np.float32),
+              truncated=np.array([1, 0, 0, 0], np.int32), skipped=np.array([0, 2, 0, 1], np.int32))
+
+
+@pytest.mark.parametrize("learning_rate,bad_image", [(1e-2, np.nan), (np.nan, 0.0)])
+def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
+  config = shapes_caption.get_config("tiny")
+  config.optimizer.learning_rate = 1e-2
+  model = _Toy()
+  tx, schedule = make_optimizer(config.optimizer, 10)
+  batch = _toy_batch(0.0)
+  params = model.init(jax.random.PRNGKey(0), *(batch[k] for k in ("image", "text", "ar_mask",
+                                                                   "input_mask")))["params"]
+  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                           rng=jax.random.PRNGKey(1),
+                           counters={k: jnp.int32(0) for k in train.COUNTERS})
+  good_step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True,
+                                            skip_nonfinite=True))
+  state, metrics = good_step(state, batch)
+  assert bool(metrics["finite"])
+  assert int(metrics["truncated_texts"]) == 1 and int(metrics["skipped_examples"]) == 3
+
+  # A NaN image (NaN loss and gradients) or a NaN learning rate (finite gradients, NaN update).
+  config.optimizer.learning_rate = learning_rate
+  tx_bad, schedule_bad = make_optimizer(config.optimizer, 10)
+  bad_step = jax.jit(train.make_train_step(model, tx_bad, schedule_bad, deterministic=True,
+                                           skip_nonfinite=True))
+  new, metrics = bad_step(state, _toy_batch(bad_image))
+  assert not bool(metrics["finite"])
+  jax.tree.map(np.testing.assert_array_equal, (new.params, new.opt_state),
+               (state.params, state.opt_state))
+  assert int(new.step) == 2 and int(new.counters["nonfinite_steps"]) == 1
+  assert int(new.counters["truncated_texts"]) == 2  # The data still moved on.
+
+
+# --- End to end: runs of main with a fault injected (tests/fault_injection.py).
+
+
+def _restore_state(step_dir) -> dict:
+  with ocp.StandardCheckpointer() as c:
+    return jax.device_get(c.restore(os.path.join(step_dir, "state")))
+
+
+def test_nonfinite_step_stops_the_run_naming_it(tmp_path, run_main):
+  workdir = tmp_path / "run"
+  r = run_main(f"--workdir={workdir}", fault=("nan_batch", 5))
+  assert r.returncode != 0
+  assert ("Non-finite loss, gradients or update at step 5" in r.stderr
+          and "the newest checkpoint, step 3," in r.stderr), r.stderr[-3000:]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(
+      _restore_state(workdir / "checkpoints" / "3")) if np.issubdtype(x.dtype, np.floating))

@@ -40,7 +40,8 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
     init, _, shardings = train.sharded_state_init(config, model, tx, mesh, max_text_len)
     bs = sharding.batch_sharding(mesh)
-    step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True),
+    step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True,
+                                         skip_nonfinite=False),
                    in_shardings=(shardings, bs), out_shardings=(shardings, None),
                    donate_argnums=0)
     state = init()
