@@ -2,6 +2,11 @@
 
 Read top to bottom: checks -> mesh -> data -> model -> sharded state -> checkpoint/resume ->
 jitted train step -> loop (logging, checkpoints, evals) -> final evals.
+
+Fault tolerance (README, "Fault tolerance"): a killed run resumes bitwise identically from its
+newest readable checkpoint; SIGTERM/SIGINT save and stop (`preemption.Preempted`); a
+non-finite step is never checkpointed (the run stops, or skips the update); bad examples are
+counted in the state's `counters`.
 """
 import json
 import os
@@ -16,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from gpt4v_jax import checkpoint, config_checks, perf, sharding
+from gpt4v_jax import checkpoint, config_checks, perf, preemption, sharding
 from gpt4v_jax.data import pipeline, shapes
 from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
@@ -139,7 +144,10 @@ def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics.
+
+  Raises preemption.Preempted after a SIGTERM/SIGINT, once the current step is saved.
+  """
   # --- Checks: everything that can be wrong is reported before any compilation.
   workdir = os.path.abspath(workdir)  # Orbax's TensorStore paths must be absolute.
   config_checks.check(config, workdir)
@@ -148,8 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_divides(config.evals.batch_size, mesh, "config.evals.batch_size")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    _write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
   log(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
       f"{jax.process_count()} process(es).")
 
@@ -173,20 +180,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = build_model(config.model)
   total_steps = config.train.steps
   tx, schedule = make_optimizer(config.optimizer, total_steps)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+  # SIGTERM/SIGINT from here on only set `stop.received`; the loop saves and stops.
+  with (jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules),
+        preemption.StopRequest() as stop):
     init, abstract_state, state_shardings = sharded_state_init(
         config, model, tx, mesh, objective.max_text_len)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     log(f"Model: {num_params / 1e6:.2f}M params.")
 
-    # --- Checkpoints: resume if the workdir has any.
+    # --- Checkpoints: resume from the newest readable one if the workdir has any.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    keep=config.train.keep_checkpoints)
-    start_step = ckpt.latest_step()
-    if start_step is None:
+    restored = ckpt.restore_latest(abstract_state, train_iter)
+    if restored is None:
       state, start_step = init(), 0
     else:
-      state = ckpt.restore(start_step, abstract_state, train_iter)
+      state, start_step = restored
       log(f"Resumed from step {start_step} in {workdir}.")
 
     # --- The jitted train step: explicit shardings, donated state.
@@ -238,9 +247,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      eta_min=(total_steps - done) * step_time / 60)
         pending = (done, total_steps, metrics, rates)
         window_start, window_steps = time.perf_counter(), 0
-      if done % config.train.checkpoint_every == 0 or done == total_steps:
+      if done % config.train.checkpoint_every == 0 or done == total_steps or stop.received:
         check_finite(done, metrics)
         ckpt.save(done, state, train_iter)
+      if stop.received:
+        _stop(ckpt, done, stop.received)
       if config.evals.every and done % config.evals.every == 0 and done < total_steps:
         check_finite(done, metrics)
         for split in config.evals.during_splits:
@@ -255,6 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- Final evals (reused if this exact step was already evaluated).
     results = {}
     for split in config.evals.final_splits:
+      if stop.received:  # The final checkpoint is committed; the evals are redone on resume.
+        _stop(ckpt, total_steps, stop.received)
       path = os.path.join(workdir, f"eval_{split}_step{total_steps}.json")
       if os.path.exists(path):
         with open(path) as f:
@@ -271,9 +284,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=1)
+    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   return results
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """A reader (or a run restarted after a kill) never sees a half-written file."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> None:
@@ -289,6 +308,13 @@ def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> No
       f"Non-finite loss, gradients or update at step {step} (loss={float(m['loss'])}, "
       f"grad_norm={float(m['grad_norm'])}); {kept}. Lower config.optimizer.learning_rate, "
       "check the data, or set config.train.skip_nonfinite_updates=True to skip such updates.")
+
+
+def _stop(ckpt: checkpoint.Checkpointer, step: int, signum: int):
+  """After a SIGTERM/SIGINT: waits for the saves to commit, then raises Preempted."""
+  ckpt.wait()
+  ckpt.close()
+  raise preemption.Preempted(step, signum)
 
 
 def _fmt(metrics: dict) -> str:

@@ -1,7 +1,11 @@
 """Fault tolerance (README, "Fault tolerance"): each test injects one fault and checks what the
-run does about it."""
+run does about it. Unit tests first; the end-to-end runs of main come last."""
+import errno
 import io
+import json
 import os
+import re
+import signal
 
 import flax.linen as nn
 import grain
@@ -11,12 +15,120 @@ import numpy as np
 import orbax.checkpoint as ocp
 import PIL.Image
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import shapes_caption
-from gpt4v_jax import train
+from gpt4v_jax import checkpoint, preemption, sharding, train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import ByteTokenizer
 from gpt4v_jax.optimizer import make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- Corrupt, partial or unwritable checkpoints (Checkpointer on a small sharded state).
+
+
+def _state(value: float) -> dict:
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  return {"w": jax.device_put(np.full((8, 4), value, np.float32), NamedSharding(mesh, P("data")))}
+
+
+def _abstract(state: dict) -> dict:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+def _data_iter():
+  return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+def _save_steps(directory: str, steps) -> checkpoint.Checkpointer:
+  """Checkpoints `steps`; at step s the state is s and the iterator has yielded s elements."""
+  ckpt, it = checkpoint.Checkpointer(directory, keep=5), _data_iter()
+  for s in steps:
+    while next(it) < s - 1:
+      pass
+    ckpt.save(s, _state(s), it)
+  ckpt.wait()
+  return ckpt
+
+
+def _truncate_state_files(step_dir: str) -> None:
+  for d, _, files in os.walk(os.path.join(step_dir, "state")):
+    for f in files:
+      path = os.path.join(d, f)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", ["truncated_arrays", "missing_iterator_state"])
+def test_unreadable_newest_checkpoint_falls_back_loudly(tmp_path, capsys, damage):
+  directory = str(tmp_path / "checkpoints")
+  _save_steps(directory, [1, 2, 3]).close()
+  if damage == "truncated_arrays":
+    _truncate_state_files(os.path.join(directory, "3"))
+  else:
+    os.remove(os.path.join(directory, "3", "data", "process_0-of-1.json"))
+
+  ckpt, it = checkpoint.Checkpointer(directory, keep=5), _data_iter()
+  state, step = ckpt.restore_latest(_abstract(_state(0)), it)
+  assert step == 2 and float(state["w"][0, 0]) == 2.0 and next(it) == 2
+  out = capsys.readouterr().out
+  assert re.search(r"WARNING: checkpoint step 3 in .* cannot be restored: \w+", out), out
+  assert "resuming from step 2" in out
+  # Moved aside, not deleted; the run can then save step 3 again.
+  assert (tmp_path / "checkpoints_unreadable" / "3" / "state").is_dir()
+  ckpt.save(3, _state(3), it)
+  ckpt.wait()
+  assert ckpt.latest_step() == 3
+  ckpt.close()
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  _save_steps(directory, [1, 2]).close()
+  for step in ("1", "2"):
+    _truncate_state_files(os.path.join(directory, step))
+  ckpt = checkpoint.Checkpointer(directory, keep=5)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"None of the checkpoints in .* \(steps \[2, 1\]\) can be restored"):
+    ckpt.restore_latest(_abstract(_state(0)), _data_iter())
+  assert sorted(os.listdir(directory)) == ["1", "2"]  # Nothing moved or deleted.
+  ckpt.close()
+
+
+def _permissions_enforced(tmp_path) -> bool:
+  probe = tmp_path / "probe"
+  probe.mkdir(mode=0o555)
+  try:
+    (probe / "file").touch()
+    return False
+  except PermissionError:
+    return True
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "read_only_directory"])
+def test_failed_save_is_a_clear_error_and_keeps_the_previous_step(tmp_path, monkeypatch, fault):
+  directory = str(tmp_path / "checkpoints")
+  ckpt = _save_steps(directory, [1])
+  if fault == "disk_full":
+    def no_space(*args, **kwargs):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(grain.checkpoint.CheckpointHandler, "save", no_space)
+  elif not _permissions_enforced(tmp_path):
+    pytest.skip("running as root: read-only directories stay writable; disk_full covers this")
+  else:
+    os.chmod(directory, 0o555)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"Writing checkpoint step 2 to .* failed: .*(No space left|denied).*"
+                           r"committed steps \[1\]"):
+    ckpt.save(2, _state(2), _data_iter())
+    ckpt.wait()
+  os.chmod(directory, 0o755)  # The user frees space / fixes permissions and reruns.
+  monkeypatch.undo()
+  state, step = checkpoint.Checkpointer(directory, keep=5).restore_latest(
+      _abstract(_state(0)), _data_iter())
+  assert step == 1 and float(state["w"][0, 0]) == 1.0
 
 
 # --- Bad input data (the training pipeline over a small fake source).
@@ -173,12 +285,80 @@ def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   assert int(new.counters["truncated_texts"]) == 2  # The data still moved on.
 
 
+# --- Signals, pickle.
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_first_signal_is_recorded_and_a_second_acts_at_once(signum):
+  before = signal.getsignal(signum)
+  with preemption.StopRequest() as stop:
+    assert stop.received is None
+    os.kill(os.getpid(), signum)
+    assert stop.received == signum
+    assert signal.getsignal(signum) is before  # The default is back for a second signal.
+  assert signal.getsignal(signum) is before
+
+
+def test_no_source_file_imports_pickle():
+  pattern = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib)\b|"
+                       r"allow_pickle\s*=\s*True", re.M)
+  for d, _, files in os.walk(os.path.join(ROOT, "gpt4v_jax")):
+    for f in files:
+      if f.endswith(".py"):
+        with open(os.path.join(d, f)) as fh:
+          assert not pattern.search(fh.read()), f
+
+
 # --- End to end: runs of main with a fault injected (tests/fault_injection.py).
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run):
+  """The workdir of an uninterrupted run of the tiny config (shared: read only)."""
+  r, workdir = tiny_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  return workdir
 
 
 def _restore_state(step_dir) -> dict:
   with ocp.StandardCheckpointer() as c:
     return jax.device_get(c.restore(os.path.join(step_dir, "state")))
+
+
+def _without_timing(results: dict) -> dict:
+  return {split: {k: v for k, v in m.items() if k != "seconds"} for split, m in results.items()}
+
+
+def test_preempted_then_killed_run_resumes_bitwise_identically(tmp_path, run_main, reference):
+  workdir = tmp_path / "run"
+  ckpts = workdir / "checkpoints"
+  # SIGTERM while step 4 is reported (during step 5): step 5 is saved, committed, and the run
+  # says how to resume.
+  r = run_main(f"--workdir={workdir}", fault=("SIGTERM", 4))
+  assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+  assert "SIGTERM received: stopped after step 5" in r.stdout
+  assert "Resume with the same command:" in r.stdout and f"--workdir={workdir}" in r.stdout
+  assert sorted(os.listdir(ckpts)) == ["3", "5"]
+
+  # The same command, killed while the async save of step 6 is being written.
+  r = run_main(f"--workdir={workdir}", fault=("kill_during_save", 6))
+  assert r.returncode == -signal.SIGKILL and "Resumed from step 5" in r.stdout
+  assert sorted(os.listdir(ckpts)) == ["3", "5", "6.orbax-checkpoint-tmp"]
+
+  # Again: the partial save is deleted, the run resumes from step 5 and finishes.
+  r = run_main(f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Deleting 6.orbax-checkpoint-tmp" in r.stdout and "Resumed from step 5" in r.stdout
+  want, got = _restore_state(reference / "checkpoints" / "6"), _restore_state(ckpts / "6")
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)  # Params, Adam moments, step, RNG.
+  for name in ("results.json", "eval_test_step6.json"):
+    want, got = (json.loads((d / name).read_text()) for d in (reference, workdir))
+    if name == "results.json":
+      want, got = _without_timing(want), _without_timing(got)
+    else:
+      want, got = want["predictions"], got["predictions"]
+    assert got == want, name
 
 
 def test_nonfinite_step_stops_the_run_naming_it(tmp_path, run_main):
@@ -190,3 +370,13 @@ def test_nonfinite_step_stops_the_run_naming_it(tmp_path, run_main):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(
       _restore_state(workdir / "checkpoints" / "3")) if np.issubdtype(x.dtype, np.floating))
+
+
+def test_checkpoints_and_data_hold_no_pickles(reference, tiny_data_dir):
+  """Pickle streams (protocol 2+) start with 0x80 and the protocol number."""
+  for top in (reference, tiny_data_dir):
+    for d, _, files in os.walk(top):
+      for f in files:
+        with open(os.path.join(d, f), "rb") as fh:
+          head = fh.read(2)
+        assert not re.fullmatch(rb"\x80[\x02-\x05]", head), os.path.join(d, f)
