@@ -22,6 +22,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose run used a config that differs in settings that change results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,7 +38,8 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from gpt4v_jax import preemption, train
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except preemption.Preempted as e:
     command = shlex.join([sys.executable, "-m", "gpt4v_jax.main", *sys.argv[1:]])
     print(f"{e}; its checkpoint is committed in {_WORKDIR.value}/checkpoints. "

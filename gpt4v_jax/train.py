@@ -143,7 +143,8 @@ def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite:
   return train_step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, dict]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics.
 
   Raises preemption.Preempted after a SIGTERM/SIGINT, once the current step is saved.
@@ -151,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- Checks: everything that can be wrong is reported before any compilation.
   workdir = os.path.abspath(workdir)  # Orbax's TensorStore paths must be absolute.
   config_checks.check(config, workdir)
+  config_checks.check_resume(config, workdir, allow_change=allow_config_change)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.data.global_batch_size, mesh, "config.data.global_batch_size")
   sharding.check_batch_divides(config.evals.batch_size, mesh, "config.evals.batch_size")

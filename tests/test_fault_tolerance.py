@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import shapes_caption
-from gpt4v_jax import checkpoint, preemption, sharding, train
+from gpt4v_jax import checkpoint, config_checks, preemption, sharding, train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import ByteTokenizer
 from gpt4v_jax.optimizer import make_optimizer
@@ -285,7 +285,7 @@ def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   assert int(new.counters["truncated_texts"]) == 2  # The data still moved on.
 
 
-# --- Signals, pickle.
+# --- Signals, configs, pickle.
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -297,6 +297,32 @@ def test_first_signal_is_recorded_and_a_second_acts_at_once(signum):
     assert stop.received == signum
     assert signal.getsignal(signum) is before  # The default is back for a second signal.
   assert signal.getsignal(signum) is before
+
+
+def _workdir_with_run(tmp_path, config) -> str:
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "3").mkdir(parents=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  return str(workdir)
+
+
+def test_resuming_with_a_different_config_is_refused_naming_the_settings(tmp_path):
+  workdir = _workdir_with_run(tmp_path, shapes_caption.get_config("tiny"))
+  changed = shapes_caption.get_config("tiny")
+  changed.model.width = 32
+  changed.optimizer.learning_rate = 1.0
+  with pytest.raises(ValueError, match=r"config.model.width: 64 -> 32; "
+                                       r"config.optimizer.learning_rate: 0.002 -> 1.0\).*"
+                                       r"new --workdir, or pass --allow_config_change"):
+    config_checks.check_resume(changed, workdir, allow_change=False)
+  config_checks.check_resume(changed, workdir, allow_change=True)
+  # What may change when resuming: length, cadence, evals, data location, layout, policies.
+  resumable = shapes_caption.get_config("tiny")
+  resumable.train.update(steps=12, checkpoint_every=4, skip_nonfinite_updates=True)
+  resumable.mesh.update(data=2, fsdp=4)
+  resumable.evals.every = 0
+  resumable.data.update(data_dir="/elsewhere", num_threads=8, on_bad_example="error")
+  config_checks.check_resume(resumable, workdir, allow_change=False)
 
 
 def test_no_source_file_imports_pickle():
@@ -370,6 +396,15 @@ def test_nonfinite_step_stops_the_run_naming_it(tmp_path, run_main):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(
       _restore_state(workdir / "checkpoints" / "3")) if np.issubdtype(x.dtype, np.floating))
+
+
+def test_workdir_of_another_config_is_refused_before_compiling(tmp_path, run_main):
+  other = shapes_caption.get_config("tiny")
+  other.model.depth = 3
+  workdir = _workdir_with_run(tmp_path, other)
+  r = run_main(f"--workdir={workdir}")
+  assert r.returncode != 0 and "config.model.depth: 3 -> 2" in r.stderr
+  assert "Train step:" not in r.stdout
 
 
 def test_checkpoints_and_data_hold_no_pickles(reference, tiny_data_dir):
