@@ -16,8 +16,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.tokenizer = "bytes"
 
+  # on_bad_example: "skip" (counted in train/skipped_examples) or "error"; captions longer
+  # than the text row are cut and counted in train/truncated_texts.
   c.data = dict(data_dir="data_dir", builder_config="default", train_split="train",
-                global_batch_size=16, num_threads=2)
+                global_batch_size=16, num_threads=2, on_bad_example="skip")
   # Text row: BOS, task token, caption (<= 119 bytes), EOS.
   c.objective = dict(kind="caption", prompt="", max_text_len=124)
 
@@ -35,7 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = dict(learning_rate=2e-3, warmup_steps=200, end_learning_rate_fraction=0.02,
                      b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
-  c.train = dict(steps=2400, log_every=100, checkpoint_every=600, keep_checkpoints=2)
+  # skip_nonfinite_updates: False stops the run at a NaN/Inf step; True skips its update
+  # (counted in train/nonfinite_steps).
+  c.train = dict(steps=2400, log_every=100, checkpoint_every=600, keep_checkpoints=2,
+                 skip_nonfinite_updates=False)
   c.evals = dict(every=600, during_splits=("validation",), during_num_examples=200,
                  final_splits=("test", "compositional"), final_num_examples=1000,
                  batch_size=200, num_samples_to_print=4)

@@ -1,11 +1,22 @@
 """Checks a config before anything is built or compiled; each error names the setting."""
+import json
 import os
 
 import jax
 import ml_collections
 
 from gpt4v_jax import sharding
+from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import get_tokenizer
+
+# What may differ from the config of the run a workdir holds when it resumes: how long it
+# trains (a longer train.steps also stretches the cosine schedule from here on), how often it
+# logs, saves and evaluates, what it evaluates, where the data are read from, how the same
+# computation is laid out over devices, and the fault policies (the fixes an error suggests).
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.skip_nonfinite_updates", "evals.",
+                     "data.data_dir", "data.num_threads", "data.on_bad_example", "mesh.",
+                     "sharding_rules")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -31,3 +42,41 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   unknown -= {"train", "validation", "test", "compositional"}
   if unknown:
     raise ValueError(f"config.evals splits {sorted(unknown)} are not splits of shapes.")
+  if config.data.on_bad_example not in pipeline.ON_BAD_EXAMPLE:
+    raise ValueError(f"config.data.on_bad_example={config.data.on_bad_example!r}: expected one "
+                     f"of {pipeline.ON_BAD_EXAMPLE}.")
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str, *,
+                 allow_change: bool) -> None:
+  """Raises ValueError if `workdir` holds checkpoints of a run whose config differs in a
+  setting outside RESUMABLE_CHANGES, naming each such setting and both values."""
+  saved_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if (allow_change or not os.path.exists(saved_path) or not os.path.isdir(ckpt_dir)
+      or not any(name.isdigit() for name in os.listdir(ckpt_dir))):
+    return
+  with open(saved_path) as f:
+    saved = _flatten(json.load(f))
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in saved.keys() | new.keys()
+                   if saved.get(k, "<absent>") != new.get(k, "<absent>")
+                   and not k.startswith(RESUMABLE_CHANGES))
+  if changed:
+    diffs = "; ".join(f"config.{k}: {saved.get(k, '<absent>')!r} -> "
+                      f"{new.get(k, '<absent>')!r}" for k in changed)
+    raise ValueError(
+        f"--workdir={workdir} holds checkpoints of a run with a different config ({diffs}); "
+        "resuming would mix two experiments. Use a new --workdir, or pass "
+        "--allow_config_change to resume this run with the new values.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      flat[f"{prefix}{k}"] = v
+  return flat

@@ -4,7 +4,14 @@ Config values are overridden with --config.key=value; unknown keys and wrong typ
 rejected by ml_collections before anything runs. Multi-host: set --distributed (TPU pods need
 nothing else; GPU clusters also pass --coordinator_address/--num_processes/--process_id or
 the matching environment variables understood by `jax.distributed.initialize`).
+
+SIGTERM or SIGINT (Ctrl-C) stops the run after the current step, once its checkpoint is
+committed, with exit status 128 + the signal number (143 / 130, as if killed by it, so
+schedulers see an unfinished job); the same command resumes it.
 """
+import shlex
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,6 +22,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose run used a config that differs in settings that change results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,8 +36,15 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from gpt4v_jax import train
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from gpt4v_jax import preemption, train
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except preemption.Preempted as e:
+    command = shlex.join([sys.executable, "-m", "gpt4v_jax.main", *sys.argv[1:]])
+    print(f"{e}; its checkpoint is committed in {_WORKDIR.value}/checkpoints. "
+          f"Resume with the same command:\n  {command}", flush=True)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, ...]:
     if num_devices % known:
       raise ValueError(
           f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not "
-          f"divide the {num_devices} available devices.")
+          f"divide the {num_devices} available devices; pick sizes whose product divides "
+          f"{num_devices} and set one axis to -1.")
     sizes[sizes.index(-1)] = num_devices // known
   if int(np.prod(sizes)) != num_devices:
     raise ValueError(

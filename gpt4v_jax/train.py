@@ -2,6 +2,11 @@
 
 Read top to bottom: checks -> mesh -> data -> model -> sharded state -> checkpoint/resume ->
 jitted train step -> loop (logging, checkpoints, evals) -> final evals.
+
+Fault tolerance (README, "Fault tolerance"): a killed run resumes bitwise identically from its
+newest readable checkpoint; SIGTERM/SIGINT save and stop (`preemption.Preempted`); a
+non-finite step is never checkpointed (the run stops, or skips the update); bad examples are
+counted in the state's `counters`.
 """
 import json
 import os
@@ -16,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from gpt4v_jax import checkpoint, config_checks, perf, sharding
+from gpt4v_jax import checkpoint, config_checks, perf, preemption, sharding
 from gpt4v_jax.data import pipeline, shapes
 from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
@@ -33,6 +38,12 @@ class TrainState:
   params: Any  # Unboxed param tree.
   opt_state: Any
   rng: jax.Array  # [2] uint32, a raw PRNG key so Orbax stores it as a plain array.
+  # [] int32 each, cumulative over the run (checkpointed, so exact across resumes): bad
+  # examples skipped, captions truncated to fit, steps whose update was not finite.
+  counters: dict[str, jax.Array]
+
+
+COUNTERS = ("skipped_examples", "truncated_texts", "nonfinite_steps")
 
 
 def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjective:
@@ -44,9 +55,12 @@ def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjec
 
 
 def batch_spec(global_batch: int, max_text_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of one global training batch (what `objective.train_example` rows stack into)."""
+  """Shapes of one global training batch (`objective.train_example` rows, stacked by the
+  pipeline, which adds `skipped`)."""
   b, t, s = global_batch, max_text_len, shapes.IMAGE_SIZE
   return dict(image=jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+              truncated=jax.ShapeDtypeStruct((b,), jnp.int32),
+              skipped=jax.ShapeDtypeStruct((b,), jnp.int32),
               text=jax.ShapeDtypeStruct((b, t), jnp.int32),
               ar_mask=jax.ShapeDtypeStruct((b, t), jnp.int32),
               input_mask=jax.ShapeDtypeStruct((b, t), jnp.bool_),
@@ -71,7 +85,7 @@ def sharded_state_init(config, model, tx, mesh, max_text_len: int):
     params_rng, state_rng = jax.random.split(key)
     params = nn.unbox(init_boxed_params(params_rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=state_rng)
+                      rng=state_rng, counters={k: jnp.zeros((), jnp.int32) for k in COUNTERS})
 
   key = jax.random.PRNGKey(config.seed)
   param_shardings = sharding.logical_to_shardings(
@@ -82,15 +96,21 @@ def sharded_state_init(config, model, tx, mesh, max_text_len: int):
   opt_shardings = optax.tree_map_params(
       tx, lambda _, s: s, abstract.opt_state, param_shardings,
       transform_non_params=lambda _: rep)
-  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
+  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep,
+                         counters={k: rep for k in COUNTERS})
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           abstract, shardings)
   init = jax.jit(lambda: init_state(key), out_shardings=shardings)
   return init, abstract, shardings
 
 
-def make_train_step(model, tx, schedule, *, deterministic: bool):
-  """(state, batch) -> (state, metrics): forward, loss on target tokens, AdamW update."""
+def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite: bool):
+  """(state, batch) -> (state, metrics): forward, loss on target tokens, AdamW update.
+
+  `metrics["finite"]` says whether loss, gradients and update were all finite. With
+  `skip_nonfinite` a step where they are not leaves params and optimizer state as they were
+  (the step counter and the data still move on); either way `nonfinite_steps` counts it.
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -104,25 +124,41 @@ def make_train_step(model, tx, schedule, *, deterministic: bool):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                   learning_rate=schedule(state.step), **aux)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    grad_norm = optax.global_norm(grads)
+    # The update norm catches what loss and gradients miss, e.g. a NaN learning rate.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates)))
+    if skip_nonfinite:
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+    c = state.counters
+    counters = dict(skipped_examples=c["skipped_examples"] + batch["skipped"].sum(),
+                    truncated_texts=c["truncated_texts"] + batch["truncated"].sum(),
+                    nonfinite_steps=c["nonfinite_steps"] + (~finite).astype(jnp.int32))
+    metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   finite=finite, **counters, **aux)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         counters=counters), metrics
 
   return train_step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, dict]:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics.
+
+  Raises preemption.Preempted after a SIGTERM/SIGINT, once the current step is saved.
+  """
   # --- Checks: everything that can be wrong is reported before any compilation.
   workdir = os.path.abspath(workdir)  # Orbax's TensorStore paths must be absolute.
   config_checks.check(config, workdir)
+  config_checks.check_resume(config, workdir, allow_change=allow_config_change)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.data.global_batch_size, mesh, "config.data.global_batch_size")
   sharding.check_batch_divides(config.evals.batch_size, mesh, "config.evals.batch_size")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    _write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
   log(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
       f"{jax.process_count()} process(es).")
 
@@ -133,37 +169,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = get_tokenizer(config.tokenizer)
   objective = make_objective(config, tokenizer)
   builder = shapes.load_builder(config.data.data_dir, config.data.builder_config)
-  sources = builder.as_data_source()
+  sources = shapes.encoded_sources(builder)
   local_batch = config.data.global_batch_size // jax.process_count()
   train_iter = iter(pipeline.train_dataset(
       sources[config.data.train_split], objective.train_example, seed=config.seed,
       local_batch_size=local_batch, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_threads=config.data.num_threads))
+      process_count=jax.process_count(), num_threads=config.data.num_threads,
+      on_bad_example=config.data.on_bad_example))
   batch_sharding = sharding.batch_sharding(mesh)
 
   # --- Model, optimizer and the sharded state.
   model = build_model(config.model)
   total_steps = config.train.steps
   tx, schedule = make_optimizer(config.optimizer, total_steps)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+  # SIGTERM/SIGINT from here on only set `stop.received`; the loop saves and stops.
+  with (jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules),
+        preemption.StopRequest() as stop):
     init, abstract_state, state_shardings = sharded_state_init(
         config, model, tx, mesh, objective.max_text_len)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     log(f"Model: {num_params / 1e6:.2f}M params.")
 
-    # --- Checkpoints: resume if the workdir has any.
+    # --- Checkpoints: resume from the newest readable one if the workdir has any.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    keep=config.train.keep_checkpoints)
-    start_step = ckpt.latest_step()
-    if start_step is None:
+    restored = ckpt.restore_latest(abstract_state, train_iter)
+    if restored is None:
       state, start_step = init(), 0
     else:
-      state = ckpt.restore(start_step, abstract_state, train_iter)
+      state, start_step = restored
       log(f"Resumed from step {start_step} in {workdir}.")
 
     # --- The jitted train step: explicit shardings, donated state.
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, deterministic=config.model.dropout == 0.0),
+        make_train_step(model, tx, schedule, deterministic=config.model.dropout == 0.0,
+                        skip_nonfinite=config.train.skip_nonfinite_updates),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     specs = batch_spec(config.data.global_batch_size, objective.max_text_len)
@@ -174,21 +214,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log(f"Train step: {step_flops / 1e9:.2f} GFLOP per device; peak {peak / 1e12:.3f} "
         f"TFLOP/s per device ({peak_source}).")
 
-    # --- The loop. Step N+1 is dispatched before step N's metrics are pulled to the host.
+    # --- The loop. Step N+1 is dispatched before step N's metrics are pulled to the host;
+    # step N's finiteness is checked then too, and before anything of step N+1 is saved.
     writer = MetricWriter(os.path.join(workdir, "tb"))
     evaluate = lambda split, n, step: evaluate_split(
         objective=objective, model=model, params=state.params, source=sources[split],
         split=split, num_examples=n, batch_size=config.evals.batch_size, mesh=mesh,
-        out_dir=workdir, step=step)
+        out_dir=workdir, step=step, on_bad_example=config.data.on_bad_example)
+
+    def check_finite(step, metrics):
+      if not config.train.skip_nonfinite_updates:
+        _check_finite(step, metrics, ckpt)
+
     pending, window_start, window_steps = None, time.perf_counter(), 0
+    previous = None  # (step, metrics) of the step before, checked one step late.
     for step in range(start_step, total_steps):
+      done = step + 1
       batch = sharding.to_global(next(train_iter), batch_sharding)
       state, metrics = train_step(state, batch)
       window_steps += 1
+      if previous is not None:
+        check_finite(*previous)
+      previous = (done, metrics)
       if pending is not None:
         _report(writer, *pending)
         pending = None
-      done = step + 1
       if done % config.train.log_every == 0 or done == total_steps:
         jax.block_until_ready(metrics)
         elapsed = time.perf_counter() - window_start
@@ -199,9 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      eta_min=(total_steps - done) * step_time / 60)
         pending = (done, total_steps, metrics, rates)
         window_start, window_steps = time.perf_counter(), 0
-      if done % config.train.checkpoint_every == 0 or done == total_steps:
+      if done % config.train.checkpoint_every == 0 or done == total_steps or stop.received:
+        check_finite(done, metrics)
         ckpt.save(done, state, train_iter)
+      if stop.received:
+        _stop(ckpt, done, stop.received)
       if config.evals.every and done % config.evals.every == 0 and done < total_steps:
+        check_finite(done, metrics)
         for split in config.evals.during_splits:
           m, _ = evaluate(split, config.evals.during_num_examples, done)
           writer.scalars(done, m, prefix=f"eval/{split}/")
@@ -214,6 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- Final evals (reused if this exact step was already evaluated).
     results = {}
     for split in config.evals.final_splits:
+      if stop.received:  # The final checkpoint is committed; the evals are redone on resume.
+        _stop(ckpt, total_steps, stop.received)
       path = os.path.join(workdir, f"eval_{split}_step{total_steps}.json")
       if os.path.exists(path):
         with open(path) as f:
@@ -230,9 +286,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=1)
+    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   return results
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """A reader (or a run restarted after a kill) never sees a half-written file."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> None:
+  """Stops the run at a non-finite step, once the saves before it are committed."""
+  if bool(metrics["finite"]):
+    return
+  ckpt.wait()
+  m = jax.device_get(metrics)
+  newest = ckpt.latest_step()
+  kept = ("no checkpoint was saved before it" if newest is None else
+          f"the newest checkpoint, step {newest}, was saved before it and holds finite values")
+  raise FloatingPointError(
+      f"Non-finite loss, gradients or update at step {step} (loss={float(m['loss'])}, "
+      f"grad_norm={float(m['grad_norm'])}); {kept}. Lower config.optimizer.learning_rate, "
+      "check the data, or set config.train.skip_nonfinite_updates=True to skip such updates.")
+
+
+def _stop(ckpt: checkpoint.Checkpointer, step: int, signum: int):
+  """After a SIGTERM/SIGINT: waits for the saves to commit, then raises Preempted."""
+  ckpt.wait()
+  ckpt.close()
+  raise preemption.Preempted(step, signum)
 
 
 def _fmt(metrics: dict) -> str:
@@ -240,11 +324,10 @@ def _fmt(metrics: dict) -> str:
 
 
 def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: dict) -> None:
-  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not np.isfinite(m["loss"]):
-    raise FloatingPointError(f"Non-finite loss {m['loss']} at step {step}.")
+  m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
   writer.scalars(step, {**m, **rates}, prefix="train/")
+  faults = "".join(f" {k}={int(m[k])}" for k in COUNTERS if m[k])  # Shown once non-zero.
   log(f"step {step}/{total} loss={m['loss']:.4f} acc={m['token_accuracy']:.3f} "
       f"lr={m['learning_rate']:.2e} gnorm={m['grad_norm']:.3f} "
       f"{rates['examples_per_sec']:.1f} ex/s {rates['step_time'] * 1e3:.0f} ms/step "
-      f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min")
+      f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min{faults}")

@@ -1,7 +1,50 @@
-"""Test setup: 8 fake CPU devices, so every sharding test runs on a real mesh."""
+"""Test setup: 8 fake CPU devices, so every sharding test runs on a real mesh; and a runner
+for end-to-end runs of main on the tiny config."""
 import os
+import subprocess
+import sys
+
+import pytest
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def run_main(tmp_path_factory, tiny_data_dir):
+  """run_main(*flags, fault=(), cwd=ROOT) -> CompletedProcess of one tiny-config run of main.
+
+  `fault=(FAULT, STEP)` runs it through tests/fault_injection.py instead. All runs share one
+  persistent XLA compilation cache, so only the first run of a program pays for compiling it.
+  """
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "PYTHONPATH": ROOT,
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+  def run(*flags, fault=(), cwd=ROOT):
+    entry = ([os.path.join(ROOT, "tests", "fault_injection.py"), *map(str, fault)] if fault
+             else ["-m", "gpt4v_jax.main"])
+    cmd = [sys.executable, *entry, f"--config={ROOT}/configs/shapes_caption.py:tiny",
+           f"--config.data.data_dir={tiny_data_dir}", *flags]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+  return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, run_main):
+  """(CompletedProcess, workdir) of one uninterrupted tiny run, with a relative --workdir as
+  `make train` passes it. Shared by several tests: copy the workdir before changing it."""
+  cwd = tmp_path_factory.mktemp("tiny_run")
+  return run_main("--workdir=run", cwd=cwd), cwd / "run"

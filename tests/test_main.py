@@ -2,32 +2,14 @@
 import glob
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _main(*args, data_dir, cwd=ROOT):
-  cmd = [sys.executable, "-m", "gpt4v_jax.main",
-         f"--config={ROOT}/configs/shapes_caption.py:tiny",
-         f"--config.data.data_dir={data_dir}", *args]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "PYTHONPATH": ROOT}
-  return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
-
-
-def test_few_step_run_trains_evaluates_and_resumes(tmp_path, data_dir):
-  workdir = tmp_path / "run"
+def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run):
   # A relative --workdir, as `make train` passes it (Orbax itself needs absolute paths).
-  r = _main("--workdir=run", data_dir=data_dir, cwd=tmp_path)
+  r, workdir = tiny_run
   assert r.returncode == 0, r.stderr[-3000:]
   out = r.stdout
   assert "step 6/6 loss=" in out and "ex/s" in out and "ETA" in out and "MFU=" in out
@@ -40,14 +22,16 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, data_dir):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
 
   # Same command again: nothing retrains, the final evaluation is reused.
-  again = _main("--workdir=run", data_dir=data_dir, cwd=tmp_path)
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run[1], workdir)  # The shared run stays as it is.
+  again = run_main("--workdir=run", cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resumed from step 6" in again.stdout and "step 1/6" not in again.stdout
   assert "reused" in again.stdout
   assert json.loads((workdir / "results.json").read_text()) == results
 
   # Asking for more steps continues from the checkpoint.
-  longer = _main("--workdir=run", "--config.train.steps=8", data_dir=data_dir, cwd=tmp_path)
+  longer = run_main("--workdir=run", "--config.train.steps=8", cwd=tmp_path)
   assert longer.returncode == 0, longer.stderr[-3000:]
   assert "Resumed from step 6" in longer.stdout and "step 8/8" in longer.stdout
 
@@ -58,14 +42,15 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, data_dir):
     (["--config.mesh.data=3", "--config.mesh.fsdp=1"], "config.mesh"),
     (["--config.data.global_batch_size=12"], "config.data.global_batch_size=12"),
     (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads"),
+    (["--config.data.on_bad_example=ignore"], "config.data.on_bad_example"),
 ])
-def test_bad_config_fails_before_compiling(tmp_path, data_dir, args, message):
-  r = _main(f"--workdir={tmp_path / 'run'}", *args, data_dir=data_dir)
+def test_bad_config_fails_before_compiling(tmp_path, run_main, args, message):
+  r = run_main(f"--workdir={tmp_path / 'run'}", *args)
   assert r.returncode != 0
   assert message in r.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_missing_workdir_parent_is_a_clear_error(tmp_path, data_dir):
-  r = _main(f"--workdir={tmp_path / 'no' / 'such' / 'run'}", data_dir=data_dir)
+def test_missing_workdir_parent_is_a_clear_error(tmp_path, run_main):
+  r = run_main(f"--workdir={tmp_path / 'no' / 'such' / 'run'}")
   assert r.returncode != 0 and "parent directory" in r.stderr

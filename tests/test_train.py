@@ -28,7 +28,7 @@ def _random_batch(config, seed=0):
   for i in range(config.data.global_batch_size):
     ex = dict(image=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
               captions=[f"a small red circle and {i} large blue squares."])
-    rows.append(obj.train_example(ex, rng))
+    rows.append(dict(obj.train_example(ex, rng), skipped=np.int32(0)))
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, obj
 
 
@@ -40,7 +40,8 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
     init, _, shardings = train.sharded_state_init(config, model, tx, mesh, max_text_len)
     bs = sharding.batch_sharding(mesh)
-    step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True),
+    step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True,
+                                         skip_nonfinite=False),
                    in_shardings=(shardings, bs), out_shardings=(shardings, None),
                    donate_argnums=0)
     state = init()
@@ -81,8 +82,8 @@ def test_mesh_errors_name_the_setting():
 
 
 @pytest.fixture(scope="module")
-def tiny_sources(tmp_path_factory):
-  return shapes.load_builder(str(tmp_path_factory.mktemp("data")), "tiny").as_data_source()
+def tiny_sources(tiny_data_dir):
+  return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
 
 
 def _train_iter(sources, obj, seed=0):

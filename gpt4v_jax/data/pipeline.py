@@ -1,14 +1,52 @@
 """grain input pipelines over TFDS array_record data sources (no TensorFlow).
 
 Training: source -> this process's shard -> seeded shuffle, reshuffled each epoch -> repeat
--> per-example preprocessing with a per-index RNG -> batch -> threaded prefetch. Every step is
-index-based and seeded, so the iterator state (a few integers) is checkpointed with the model
-and a resumed run sees exactly the batches an uninterrupted run would have seen.
+-> per-example preprocessing with a per-index RNG (threaded) -> drop bad examples -> batch.
+Every step is index-based and seeded, so the iterator state (a few integers) is checkpointed
+with the model and a resumed run sees exactly the batches an uninterrupted run would have seen.
+
+Bad examples (an image that does not decode or has the wrong size, an empty caption, ...) are
+found by the objective's example function, which raises BadExample. With
+`on_bad_example="skip"` they are dropped *before* batching, so the batch is refilled from the
+next examples (same batch size, same order on every run); each kept row carries `skipped`, the
+number of bad examples dropped just before it, so the train step can count them exactly.
 """
+import io
 from typing import Any, Callable, Iterator
 
 import grain
 import numpy as np
+import PIL.Image
+
+ON_BAD_EXAMPLE = ("skip", "error")
+# More bad examples in a row than this means the data, not an example, is broken.
+MAX_CONSECUTIVE_BAD = 1000
+
+
+class BadExample(ValueError):
+  """An example the pipeline cannot use; skipped or fatal as `config.data.on_bad_example` says."""
+
+
+def decode_image(image: bytes | np.ndarray, size: int) -> np.ndarray:
+  """PNG/JPEG bytes (or an already decoded array) -> uint8 [size, size, 3].
+
+  Raises BadExample for bytes that do not decode or an image of another size (checked from
+  the header, before the pixels are decoded).
+  """
+  if isinstance(image, bytes):
+    try:
+      with PIL.Image.open(io.BytesIO(image)) as im:
+        if im.size != (size, size):
+          raise BadExample(f"image is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
+        image = np.asarray(im.convert("RGB"))
+    except BadExample:
+      raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes.
+      raise BadExample(f"image does not decode ({type(e).__name__}: {e})") from None
+  image = np.asarray(image)
+  if image.shape != (size, size, 3) or image.dtype != np.uint8:
+    raise BadExample(f"image is {image.dtype} {image.shape}, expected uint8 ({size}, {size}, 3)")
+  return image
 
 
 def image_to_float(image: np.ndarray) -> np.ndarray:
@@ -16,28 +54,102 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
   return np.asarray(image, np.float32) / 127.5 - 1.0
 
 
+class _Bad:
+  """Stands in for a bad example between the threaded map and the dropping step."""
+
+  def __init__(self, reason: str):
+    self.reason = reason
+
+
+def _example_error(example: dict, e: BadExample) -> BadExample:
+  return BadExample(f"Bad example (id={example.get('id', '?')}): {e}. Set "
+                    "config.data.on_bad_example='skip' to skip such examples.")
+
+
+def _checked(example_fn: Callable[[dict, np.random.Generator], dict], on_bad_example: str):
+  """example_fn, with BadExample turned into a _Bad marker ("skip") or a clear error."""
+
+  def fn(example: dict, rng: np.random.Generator) -> dict | _Bad:
+    try:
+      return example_fn(example, rng)
+    except BadExample as e:
+      if on_bad_example == "skip":
+        return _Bad(str(e))
+      raise _example_error(example, e) from None
+
+  return fn
+
+
+class _DropBadIterator(grain.DatasetIterator):
+  """Yields the good rows, each with `skipped`: bad examples dropped since the previous one.
+
+  Holds no state of its own (a row and its count come out of one `next`), so the parent's
+  position is the whole iterator state and checkpoints resume exactly.
+  """
+
+  def __next__(self) -> dict:
+    skipped = 0
+    while isinstance(row := next(self._parent), _Bad):
+      skipped += 1
+      if skipped > MAX_CONSECUTIVE_BAD:
+        raise BadExample(f"More than {MAX_CONSECUTIVE_BAD} bad training examples in a row "
+                         f"(the last: {row.reason}); the dataset itself looks broken.")
+    return dict(row, skipped=np.int32(skipped))
+
+  def get_state(self) -> dict:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state)
+
+
+class _DropBad(grain.IterDataset):
+
+  def __iter__(self) -> _DropBadIterator:
+    return _DropBadIterator(self._parent.__iter__())
+
+
 def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator], dict], *,
                   seed: int, local_batch_size: int, process_index: int, process_count: int,
-                  num_threads: int) -> grain.IterDataset:
-  """Infinite iterator dataset of local batches: dict of [local_batch, ...] numpy arrays."""
+                  num_threads: int, on_bad_example: str = "skip") -> grain.IterDataset:
+  """Infinite iterator dataset of local batches: dict of [local_batch, ...] numpy arrays.
+
+  Each batch holds example_fn's fields plus `skipped` int32 [local_batch] (see above).
+  """
+  if on_bad_example not in ON_BAD_EXAMPLE:
+    raise ValueError(f"on_bad_example={on_bad_example!r}: expected one of {ON_BAD_EXAMPLE}.")
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]  # Each host reads a disjoint shard.
   ds = ds.seed(seed).shuffle().repeat()  # Deterministic; a new order every epoch.
-  ds = ds.random_map(example_fn)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+  ds = ds.random_map(_checked(example_fn, on_bad_example))
+  # Threads keep about two batches of examples ready; dropping and batching are cheap.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=2 * local_batch_size))
+  return _DropBad(ds).batch(local_batch_size, drop_remainder=True)
 
 
 def eval_batches(source: Any, example_fn: Callable[[dict], dict], *, num_examples: int,
-                 batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
+                 batch_size: int, on_bad_example: str = "skip"
+                 ) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
   """The first `num_examples` of a split, in order, as fixed-size batches.
 
-  The last batch is padded by repeating its final example so every batch has the same shape
-  (one compilation); the raw examples list says how many rows are real.
+  Bad examples are left out ("skip") or raise ("error"). The last batch is padded by repeating
+  its final row so every batch has the same shape (one compilation); the raw examples list
+  holds the examples of the real rows.
   """
-  n = min(num_examples, len(source))
-  for start in range(0, n, batch_size):
-    raw = [source[i] for i in range(start, min(start + batch_size, n))]
-    rows = [example_fn(ex) for ex in raw]
+  rows, raw = [], []
+  for i in range(min(num_examples, len(source))):
+    example = source[i]
+    try:
+      rows.append(example_fn(example))
+    except BadExample as e:
+      if on_bad_example == "skip":
+        continue
+      raise _example_error(example, e) from None
+    raw.append(example)
+    if len(rows) == batch_size:
+      yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, raw
+      rows, raw = [], []
+  if rows:
     rows += [rows[-1]] * (batch_size - len(rows))
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, raw

@@ -595,3 +595,12 @@ def load_builder(data_dir: str, config: str = "default") -> Shapes:
           # machine may be offline.
           try_download_gcs=False))
   return builder
+
+
+def encoded_sources(builder: Shapes) -> dict[str, Any]:
+  """Every split's data source, with images left as PNG bytes.
+
+  The input pipeline decodes them itself (`pipeline.decode_image`), so an image that does not
+  decode is a bad example it can count and skip, not an exception inside the data source.
+  """
+  return builder.as_data_source(decoders={"image": tfds.decode.SkipDecoding()})

@@ -14,11 +14,13 @@ from gpt4v_jax.data import pipeline
 
 def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, split: str,
                    num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
-                   out_dir: str | None = None, step: int | None = None) -> tuple[dict, list]:
+                   out_dir: str | None = None, step: int | None = None,
+                   on_bad_example: str = "skip") -> tuple[dict, list]:
   """Greedy-decodes `num_examples` of `source` and scores them with `objective.score`.
 
   Every process walks the same batches and feeds its own slice of each to the global array,
   so the decode is sharded like training; predictions are gathered back to every host.
+  Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
   Returns (metrics, per-example records); writes `{out_dir}/eval_{split}_step{step}.json`.
   """
   start = time.perf_counter()
@@ -26,7 +28,8 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
   pid, nproc = jax.process_index(), jax.process_count()
   examples, predictions = [], []
   for batch, raw in pipeline.eval_batches(source, objective.eval_example,
-                                          num_examples=num_examples, batch_size=batch_size):
+                                          num_examples=num_examples, batch_size=batch_size,
+                                          on_bad_example=on_bad_example):
     local = jax.tree.map(lambda x: np.array_split(x, nproc)[pid], batch)
     inputs = sharding.to_global(local, batch_sharding)
     tokens = decode.greedy_decode(
@@ -39,6 +42,7 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
   metrics, records = objective.score(examples, predictions)
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics["num_examples"] = len(examples)
+  metrics["skipped_examples"] = min(num_examples, len(source)) - len(examples)
   metrics["seconds"] = time.perf_counter() - start
   if out_dir is not None and jax.process_index() == 0:
     path = os.path.join(out_dir, f"eval_{split}_step{step}.json")

@@ -8,7 +8,7 @@ scenes are known exactly, object precision/recall/F1 by parsing the caption back
 import numpy as np
 
 from gpt4v_jax.data import shapes
-from gpt4v_jax.data.pipeline import image_to_float
+from gpt4v_jax.data.pipeline import BadExample, decode_image, image_to_float
 from gpt4v_jax.data.tokenizer import TASK_IDS, Tokenizer
 from gpt4v_jax.evals import caption_metrics
 from gpt4v_jax.objectives import prefix_lm
@@ -30,18 +30,33 @@ class CaptionObjective:
     self.max_new_tokens = max_text_len - self.prompt_len
 
   def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Data-source example -> {image [H, W, 3] float32, text/ar_mask/... [max_text_len]}."""
+    """Data-source example -> {image [H, W, 3] float32, text/ar_mask/... [max_text_len],
+    truncated [] int32 (1 if the caption was cut to fit)}.
+
+    Raises BadExample for an image that does not decode or has the wrong size, and for a
+    missing, empty or non-UTF-8 caption.
+    """
+    image = decode_image(example["image"], shapes.IMAGE_SIZE)
     captions = example["captions"]
-    caption = _text(captions[rng.integers(len(captions))])
+    if len(captions) == 0:
+      raise BadExample("no captions")
+    try:
+      caption = _text(captions[rng.integers(len(captions))])
+    except UnicodeDecodeError as e:
+      raise BadExample(f"caption is not UTF-8 ({e})") from None
+    if not caption.strip():
+      raise BadExample("empty caption")
     t = self.tokenizer
-    row, _ = prefix_lm.make_row(self._prompt_ids, t.encode(caption), bos_id=t.bos_id,
-                                eos_id=t.eos_id, pad_id=t.pad_id, max_len=self.max_text_len)
-    return dict(image=image_to_float(example["image"]), **row)
+    row, truncated = prefix_lm.make_row(self._prompt_ids, t.encode(caption), bos_id=t.bos_id,
+                                        eos_id=t.eos_id, pad_id=t.pad_id,
+                                        max_len=self.max_text_len)
+    return dict(image=image_to_float(image), truncated=np.int32(truncated), **row)
 
   def eval_example(self, example: dict) -> dict[str, np.ndarray]:
     """Data-source example -> {image, prompt [prompt_len], prompt_mask [prompt_len]}."""
     t = self.tokenizer
-    return dict(image=image_to_float(example["image"]),
+    image = decode_image(example["image"], shapes.IMAGE_SIZE)
+    return dict(image=image_to_float(image),
                 **prefix_lm.make_prompt(self._prompt_ids, bos_id=t.bos_id, pad_id=t.pad_id,
                                         max_len=self.prompt_len))
 
