@@ -10,7 +10,7 @@ from gpt4v_jax.evals import vqa_metrics as V
     ("none", "0"),
     ("yes.", "yes"),               # A period not before a digit goes.
     ("3.5", "3.5"),                # A decimal point stays.
-    ("1,000", "1000"),             # Digit,digit: punctuation deleted, not spaced.
+    ("1,000", "1000"),             # Digit,digit: punctuation deleted.
     ("red,blue", "red blue"),      # Otherwise a lone comma becomes a space,
     ("red, blue", "red blue"),     # and one beside a space is deleted.
     ("black/white", "black white"),

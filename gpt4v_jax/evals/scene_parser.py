@@ -46,7 +46,7 @@ POSITION_TOLERANCE = 1.0
 
 
 def _nearest(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
-  """[..., 3] colours -> [...] int index of the nearest row of palette [k, 3]."""
+  """[..., 3] colours -> [...] index of the nearest row of palette [k, 3]."""
   diff = rgb[..., None, :].astype(np.float32) - palette
   return np.argmin(np.sum(diff * diff, axis=-1), axis=-1)
 

@@ -107,7 +107,7 @@ def _strip_punctuation(text: str) -> str:
 
 
 def _fix_words(text: str) -> str:
-  """Lower-cases, maps number words to digits, drops articles, repairs contractions."""
+  """Lower-cases; number words to digits; no articles; contractions fixed."""
   words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
   return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
