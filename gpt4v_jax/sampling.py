@@ -88,7 +88,7 @@ def choose_tokens(rng, logits, temperature, top_k, top_p, allowed):
   """
   logits = jnp.where(allowed, logits, -jnp.inf)
   greedy = jnp.argmax(logits, axis=-1)
-  # Any positive stand-in avoids 0/0; its draw is discarded at temperature 0.
+  # Dividing by 1 instead of 0 keeps the draw finite; it is discarded then.
   tempered = logits / jnp.where(temperature > 0, temperature, 1.0)
   filtered = top_p_filter(top_k_filter(tempered, top_k), top_p)
   drawn = jax.random.categorical(rng, filtered, axis=-1)
