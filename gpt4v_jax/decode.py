@@ -1,5 +1,8 @@
 """Greedy decoding for `GPT4V`, with and without a KV cache.
 
+`token_loop` and `cached_steps` are the shared machinery: `sampling` runs the
+same loop with a sampling rule in place of argmax.
+
 Both compile once per (model, input shapes, max_new_tokens); eos_id and pad_id
 are traced. Steps run in `lax.fori_loop`, so no step recompiles. The public
 functions forward positionally to jitted ones because jit keys its cache on
@@ -17,27 +20,35 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 
-def _greedy_loop(first_logits, step_fn, carry, max_new_tokens, eos_id, pad_id):
-  """Shared greedy loop.
+def _argmax(logits, step):
+  del step  # Greedy choices do not depend on the step.
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def token_loop(first_logits, step_fn, carry, choose, max_new_tokens, eos_id,
+               pad_id):
+  """Shared decoding loop: choose a token, feed it back, until max_new_tokens.
 
   Args:
     first_logits: [batch, vocab] logits of the first new token.
     step_fn: (prev_tokens [batch], step, carry) -> (logits [batch, vocab],
       carry); logits are those of new token `step` given token `step - 1`.
     carry: initial state threaded through step_fn.
+    choose: (logits [batch, vocab], step) -> [batch] int32, the rule that
+      picks new token `step` (argmax for greedy decoding).
     max_new_tokens, eos_id, pad_id: see `greedy_decode`.
 
   Returns:
     [batch, max_new_tokens] int32; EOS is kept, later tokens are pad_id.
   """
-  first = jnp.argmax(first_logits, axis=-1).astype(jnp.int32)
+  first = choose(first_logits, 0)
   tokens = jnp.full((first.shape[0], max_new_tokens), pad_id, jnp.int32)
   tokens = tokens.at[:, 0].set(first)
 
   def body(step, loop_carry):
     tokens, done, carry = loop_carry
     logits, carry = step_fn(tokens[:, step - 1], step, carry)
-    new = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    new = choose(logits, step)
     tokens = tokens.at[:, step].set(jnp.where(done, pad_id, new))
     return tokens, done | (new == eos_id), carry
 
@@ -67,10 +78,14 @@ def greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
                         max_new_tokens, eos_id, pad_id)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
-                   eos_id, pad_id):
-  variables = {"params": nn.unbox(params)}
+def cached_steps(model, variables, images, prompt, prompt_mask,
+                 max_new_tokens):
+  """Prefills a KV cache; returns `token_loop`'s (first_logits, step_fn, carry).
+
+  Args:
+    model, images, prompt, prompt_mask, max_new_tokens: see `greedy_decode`.
+    variables: {"params": unboxed params}.
+  """
   # The last generated token is never fed back, hence the -1.
   max_len = model.num_image_tokens + prompt.shape[1] + max_new_tokens - 1
   logits, cache, state = model.apply(variables, images, prompt, prompt_mask,
@@ -82,8 +97,17 @@ def _greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
                                        method="decode_step")
     return logits, (cache, state)
 
-  return _greedy_loop(logits, step_fn, (cache, state), max_new_tokens, eos_id,
-                      pad_id)
+  return logits, step_fn, (cache, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
+                   eos_id, pad_id):
+  variables = {"params": nn.unbox(params)}
+  logits, step_fn, carry = cached_steps(model, variables, images, prompt,
+                                        prompt_mask, max_new_tokens)
+  return token_loop(logits, step_fn, carry, _argmax, max_new_tokens, eos_id,
+                    pad_id)
 
 
 def greedy_decode_no_cache(model, params, images, prompt, prompt_mask,
@@ -121,5 +145,5 @@ def _greedy_decode_no_cache(model, params, images, prompt, prompt_mask,
     text = text.at[rows, lengths + step - 1].set(prev)
     return next_logits(text, step), text
 
-  return _greedy_loop(next_logits(text, 0), step_fn, text, max_new_tokens,
-                      eos_id, pad_id)
+  return token_loop(next_logits(text, 0), step_fn, text, _argmax,
+                    max_new_tokens, eos_id, pad_id)
