@@ -282,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       results[split] = m
       log(f"[final {split}] " + _fmt(m))
       for r in records[:config.evals.num_samples_to_print]:
-        log(f"  pred: {r['prediction']!r}\n  refs: {r['references'][:2]!r}")
+        log(f"  {json.dumps(r)}")  # Fields differ by objective: references, answer, ...
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:

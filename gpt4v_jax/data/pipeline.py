@@ -49,6 +49,20 @@ def decode_image(image: bytes | np.ndarray, size: int) -> np.ndarray:
   return image
 
 
+def decode_text(value: bytes | str, what: str) -> str:
+  """A text feature (utf-8 bytes as the data source returns it, or str) as str.
+
+  Raises BadExample, naming it as `what`, for bytes that are not UTF-8 and for blank text.
+  """
+  try:
+    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+  except UnicodeDecodeError as e:
+    raise BadExample(f"{what} is not UTF-8 ({e})") from None
+  if not text.strip():
+    raise BadExample(f"empty {what}")
+  return text
+
+
 def image_to_float(image: np.ndarray) -> np.ndarray:
   """uint8 [H, W, 3] -> float32 [H, W, 3] in [-1, 1]."""
   return np.asarray(image, np.float32) / 127.5 - 1.0
@@ -128,28 +142,32 @@ def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator],
   return _DropBad(ds).batch(local_batch_size, drop_remainder=True)
 
 
-def eval_batches(source: Any, example_fn: Callable[[dict], dict], *, num_examples: int,
-                 batch_size: int, on_bad_example: str = "skip"
-                 ) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
-  """The first `num_examples` of a split, in order, as fixed-size batches.
+def eval_batches(source: Any, items_fn: Callable[[dict], list[tuple[dict, Any]]], *,
+                 num_examples: int, batch_size: int, on_bad_example: str = "skip"
+                 ) -> Iterator[tuple[dict[str, np.ndarray], list[tuple[int, Any]]]]:
+  """The eval items of the first `num_examples` of a split, in order, as fixed-size batches.
 
-  Bad examples are left out ("skip") or raise ("error"). The last batch is padded by repeating
-  its final row so every batch has the same shape (one compilation); the raw examples list
-  holds the examples of the real rows.
+  `items_fn` turns one example into its items, (input row, info) pairs: one per example for
+  captioning, one per question for VQA. An example whose items_fn raises BadExample is left
+  out whole ("skip") or raises ("error"). The last batch is padded by repeating its final row
+  so every batch has the same shape (one compilation). Yields (batch, [(index of the example
+  in `source`, info) for each real row]).
   """
-  rows, raw = [], []
+  rows, infos = [], []
   for i in range(min(num_examples, len(source))):
     example = source[i]
     try:
-      rows.append(example_fn(example))
+      items = items_fn(example)
     except BadExample as e:
       if on_bad_example == "skip":
         continue
       raise _example_error(example, e) from None
-    raw.append(example)
-    if len(rows) == batch_size:
-      yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, raw
-      rows, raw = [], []
+    for row, info in items:
+      rows.append(row)
+      infos.append((i, info))
+      if len(rows) == batch_size:
+        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, infos
+        rows, infos = [], []
   if rows:
     rows += [rows[-1]] * (batch_size - len(rows))
-    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, raw
+    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, infos

@@ -1,4 +1,5 @@
-"""Runs an objective's evaluation on one split: batch, decode greedily, score, write JSON."""
+"""Runs an objective's evaluation on one split: batch its eval items, decode greedily, score,
+write JSON."""
 import json
 import os
 import time
@@ -16,20 +17,22 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
                    num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
                    out_dir: str | None = None, step: int | None = None,
                    on_bad_example: str = "skip") -> tuple[dict, list]:
-  """Greedy-decodes `num_examples` of `source` and scores them with `objective.score`.
+  """Greedy-decodes the eval items of the first `num_examples` of `source` and scores them.
 
+  `objective.eval_items(example)` gives each example's items (one per caption example, one
+  per question for VQA), `objective.score(infos, predictions)` the metrics and records.
   Every process walks the same batches and feeds its own slice of each to the global array,
   so the decode is sharded like training; predictions are gathered back to every host.
   Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
-  Returns (metrics, per-example records); writes `{out_dir}/eval_{split}_step{step}.json`.
+  Returns (metrics, per-item records); writes `{out_dir}/eval_{split}_step{step}.json`.
   """
   start = time.perf_counter()
   batch_sharding = sharding.batch_sharding(mesh)
   pid, nproc = jax.process_index(), jax.process_count()
-  examples, predictions = [], []
-  for batch, raw in pipeline.eval_batches(source, objective.eval_example,
-                                          num_examples=num_examples, batch_size=batch_size,
-                                          on_bad_example=on_bad_example):
+  infos, predictions, kept = [], [], set()
+  for batch, items in pipeline.eval_batches(source, objective.eval_items,
+                                            num_examples=num_examples, batch_size=batch_size,
+                                            on_bad_example=on_bad_example):
     local = jax.tree.map(lambda x: np.array_split(x, nproc)[pid], batch)
     inputs = sharding.to_global(local, batch_sharding)
     tokens = decode.greedy_decode(
@@ -37,12 +40,13 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
         max_new_tokens=objective.max_new_tokens, eos_id=objective.tokenizer.eos_id,
         pad_id=objective.tokenizer.pad_id)
     tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    predictions += [objective.tokenizer.decode(t) for t in tokens[:len(raw)]]
-    examples += raw
-  metrics, records = objective.score(examples, predictions)
+    predictions += [objective.tokenizer.decode(t) for t in tokens[:len(items)]]
+    infos += [info for _, info in items]
+    kept.update(i for i, _ in items)
+  metrics, records = objective.score(infos, predictions)
   metrics = {k: float(v) for k, v in metrics.items()}
-  metrics["num_examples"] = len(examples)
-  metrics["skipped_examples"] = min(num_examples, len(source)) - len(examples)
+  metrics["num_examples"] = len(kept)
+  metrics["skipped_examples"] = min(num_examples, len(source)) - len(kept)
   metrics["seconds"] = time.perf_counter() - start
   if out_dir is not None and jax.process_index() == 0:
     path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
