@@ -17,6 +17,8 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.skip_nonfinite_updates", "evals.",
                      "data.data_dir", "data.num_threads", "data.on_bad_example", "mesh.",
                      "sharding_rules")
+# What config.objective.kind may be; train.make_objective builds each.
+OBJECTIVE_KINDS = ("caption", "vqa")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -26,6 +28,9 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f"--workdir={workdir}: its parent directory {parent} does not exist; "
                      "create it first (the workdir itself is created for you).")
   sharding.mesh_shape(config.mesh, jax.device_count())  # Raises if the mesh does not fit.
+  if config.objective.kind not in OBJECTIVE_KINDS:
+    raise ValueError(f"config.objective.kind={config.objective.kind!r}: expected one of "
+                     f"{OBJECTIVE_KINDS}.")
   for key in ("train.steps", "train.log_every", "train.checkpoint_every",
               "data.global_batch_size", "evals.batch_size", "objective.max_text_len"):
     section, name = key.split(".")

@@ -29,6 +29,7 @@ from gpt4v_jax.metric_writer import MetricWriter, log
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.objectives import prefix_lm
 from gpt4v_jax.objectives.caption import CaptionObjective
+from gpt4v_jax.objectives.vqa import VQAObjective
 from gpt4v_jax.optimizer import make_optimizer
 
 
@@ -46,12 +47,17 @@ class TrainState:
 COUNTERS = ("skipped_examples", "truncated_texts", "nonfinite_steps")
 
 
-def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjective:
-  kind = config.objective.kind
-  if kind == "caption":
-    return CaptionObjective(tokenizer, prompt=config.objective.prompt,
-                            max_text_len=config.objective.max_text_len)
-  raise ValueError(f"config.objective.kind={kind!r}: expected 'caption'.")
+def make_objective(config: ml_collections.ConfigDict, tokenizer) -> Any:
+  """The objective `config.objective` names: kind "caption" (keys prompt, max_text_len) or
+  "vqa" (keys max_text_len, max_new_tokens)."""
+  c = config.objective
+  if c.kind == "caption":
+    return CaptionObjective(tokenizer, prompt=c.prompt, max_text_len=c.max_text_len)
+  if c.kind == "vqa":
+    return VQAObjective(tokenizer, max_text_len=c.max_text_len,
+                        max_new_tokens=c.max_new_tokens)
+  raise ValueError(f"config.objective.kind={c.kind!r}: expected one of "
+                   f"{config_checks.OBJECTIVE_KINDS}.")
 
 
 def batch_spec(global_batch: int, max_text_len: int) -> dict[str, jax.ShapeDtypeStruct]:
