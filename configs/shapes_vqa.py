@@ -3,7 +3,7 @@
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py --workdir=workdirs/vqa
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py:tiny --workdir=/tmp/t
 
-The argument picks a variant, as in shapes_caption: "" (the default CPU run, ~20 min of
+The argument picks a variant, as in shapes_caption: "" (the default CPU run, ~18-24 min of
 training on 2 idle cores) or "tiny" (a seconds-long smoke run, used by the tests). Data,
 model, mesh, optimizer and checkpointing are shapes_caption's, imported from there (run from
 the repository root, as `make` does); this file sets the objective, the run length and evals.
@@ -22,9 +22,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective = dict(kind="vqa", max_text_len=70, max_new_tokens=9)
 
   if not arg:  # "tiny" keeps shapes_caption's tiny run length and evals.
-    # A row is 16 image + 70 text tokens (caption: 16 + 124), so a step costs ~0.42x a
-    # caption step: ~0.2 s at batch 16 on 2 idle cores.
-    c.train.steps = 6000
+    # A row is 16 image + 70 text tokens (caption: 16 + 124): 8.7 GFLOP per step, 0.62x a
+    # caption step. A 600-step probe ran at 0.82 s/step on a CPU shared three ways (start-up
+    # matmul rate 0.036 TFLOP/s, 0.13 when idle), i.e. ~0.23-0.3 s/step on 2 idle cores:
+    # 4,800 steps (77k questions, one per image and epoch) are ~18-24 min of training.
+    c.train.steps = 4800
     # 200 validation examples are ~1,400 questions; final evals ask all ~7,000 of 1,000.
-    c.evals.every = 1500
+    c.evals.every = 1200
   return c

@@ -1,9 +1,10 @@
 """grain input pipelines over TFDS array_record data sources (no TensorFlow).
 
-Training: source -> this process's shard -> seeded shuffle, reshuffled each epoch -> repeat
--> per-example preprocessing with a per-index RNG (threaded) -> drop bad examples -> batch.
-Every step is index-based and seeded, so the iterator state (a few integers) is checkpointed
-with the model and a resumed run sees exactly the batches an uninterrupted run would have seen.
+Training: source -> this process's shard -> per objective: seeded shuffle, reshuffled each
+epoch -> repeat -> preprocessing with a per-index RNG; the objectives' streams interleaved by
+weight -> (threaded) -> drop bad examples -> batch. Every step is index-based and seeded, so
+the iterator state (a few integers) is checkpointed with the model and a resumed run sees
+exactly the batches an uninterrupted run would have seen.
 
 Bad examples (an image that does not decode or has the wrong size, an empty caption, ...) are
 found by the objective's example function, which raises BadExample. With
@@ -12,7 +13,7 @@ next examples (same batch size, same order on every run); each kept row carries 
 number of bad examples dropped just before it, so the train step can count them exactly.
 """
 import io
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -123,19 +124,26 @@ class _DropBad(grain.IterDataset):
     return _DropBadIterator(self._parent.__iter__())
 
 
-def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator], dict], *,
-                  seed: int, local_batch_size: int, process_index: int, process_count: int,
+def train_dataset(source: Any,
+                  components: Sequence[tuple[Callable[[dict, np.random.Generator], dict], float]],
+                  *, seed: int, local_batch_size: int, process_index: int, process_count: int,
                   num_threads: int, on_bad_example: str = "skip") -> grain.IterDataset:
   """Infinite iterator dataset of local batches: dict of [local_batch, ...] numpy arrays.
 
-  Each batch holds example_fn's fields plus `skipped` int32 [local_batch] (see above).
+  `components` holds an (example_fn, weight) pair per objective: one for a single objective,
+  one per part for a mixture. Each walks its own shuffled pass over the source (component k
+  shuffles with seed + k, so the parts of a mixture see the images in different orders) and
+  `MapDataset.mix` interleaves them in a fixed pattern of the weights' proportions, so the
+  iterator state is still one index. Each batch holds example_fn's fields (the same for every
+  component) plus `skipped` int32 [local_batch] (see above).
   """
   if on_bad_example not in ON_BAD_EXAMPLE:
     raise ValueError(f"on_bad_example={on_bad_example!r}: expected one of {ON_BAD_EXAMPLE}.")
-  ds = grain.MapDataset.source(source)
-  ds = ds[process_index::process_count]  # Each host reads a disjoint shard.
-  ds = ds.seed(seed).shuffle().repeat()  # Deterministic; a new order every epoch.
-  ds = ds.random_map(_checked(example_fn, on_bad_example))
+  shard = grain.MapDataset.source(source)[process_index::process_count]  # Disjoint per host.
+  streams = [shard.seed(seed + k).shuffle().repeat()  # Deterministic; new order every epoch.
+             .random_map(_checked(example_fn, on_bad_example))
+             for k, (example_fn, _) in enumerate(components)]
+  ds = grain.MapDataset.mix(streams, [weight for _, weight in components])
   # Threads keep about two batches of examples ready; dropping and batching are cheap.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=2 * local_batch_size))

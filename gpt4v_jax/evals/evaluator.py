@@ -1,5 +1,6 @@
 """Runs an objective's evaluation on one split: batch its eval items, decode greedily, score,
 write JSON."""
+import functools
 import json
 import os
 import time
@@ -11,6 +12,7 @@ from jax.experimental import multihost_utils
 
 from gpt4v_jax import decode, sharding
 from gpt4v_jax.data import pipeline
+from gpt4v_jax.objectives.mixture import MixtureObjective
 
 
 def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, split: str,
@@ -20,13 +22,42 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
   """Greedy-decodes the eval items of the first `num_examples` of `source` and scores them.
 
   `objective.eval_items(example)` gives each example's items (one per caption example, one
-  per question for VQA), `objective.score(infos, predictions)` the metrics and records.
-  Every process walks the same batches and feeds its own slice of each to the global array,
-  so the decode is sharded like training; predictions are gathered back to every host.
+  per question for VQA), `objective.score(infos, predictions)` the metrics and records. A
+  MixtureObjective evaluates each of its parts in turn, metrics prefixed with the part's name
+  ("caption/object_f1", "vqa/accuracy") and records tagged with it (`task`).
   Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
   Returns (metrics, per-item records); writes `{out_dir}/eval_{split}_step{step}.json`.
   """
   start = time.perf_counter()
+  evaluate = functools.partial(
+      _decode_and_score, model=model, params=params, source=source,
+      num_examples=num_examples, batch_size=batch_size, mesh=mesh,
+      on_bad_example=on_bad_example)
+  if isinstance(objective, MixtureObjective):
+    metrics, records = {}, []
+    for name, part in objective.parts.items():
+      part_metrics, part_records = evaluate(part)
+      metrics.update({f"{name}/{k}": v for k, v in part_metrics.items()})
+      records += [dict(task=name, **r) for r in part_records]
+  else:
+    metrics, records = evaluate(objective)
+  metrics["seconds"] = time.perf_counter() - start
+  if out_dir is not None and jax.process_index() == 0:
+    path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(dict(split=split, step=step, metrics=metrics, predictions=records), f, indent=1)
+    os.replace(path + ".tmp", path)  # Readers never see a half-written file.
+  return metrics, records
+
+
+def _decode_and_score(objective: Any, *, model: Any, params: Any, source: Any,
+                      num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
+                      on_bad_example: str) -> tuple[dict, list]:
+  """evaluate_split's work for one single objective, without timing or writing.
+
+  Every process walks the same batches and feeds its own slice of each to the global array,
+  so the decode is sharded like training; predictions are gathered back to every host.
+  """
   batch_sharding = sharding.batch_sharding(mesh)
   pid, nproc = jax.process_index(), jax.process_count()
   infos, predictions, kept = [], [], set()
@@ -47,10 +78,4 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics["num_examples"] = len(kept)
   metrics["skipped_examples"] = min(num_examples, len(source)) - len(kept)
-  metrics["seconds"] = time.perf_counter() - start
-  if out_dir is not None and jax.process_index() == 0:
-    path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(dict(split=split, step=step, metrics=metrics, predictions=records), f, indent=1)
-    os.replace(path + ".tmp", path)  # Readers never see a half-written file.
   return metrics, records
