@@ -17,6 +17,9 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.skip_nonfinite_updates", "evals.",
                      "data.data_dir", "data.num_threads", "data.on_bad_example", "mesh.",
                      "sharding_rules")
+# The single objectives train.make_objective builds; config.objective.kind may also be
+# "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}).
+OBJECTIVE_KINDS = ("caption", "vqa")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -26,6 +29,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f"--workdir={workdir}: its parent directory {parent} does not exist; "
                      "create it first (the workdir itself is created for you).")
   sharding.mesh_shape(config.mesh, jax.device_count())  # Raises if the mesh does not fit.
+  _check_objective(config.objective)
   for key in ("train.steps", "train.log_every", "train.checkpoint_every",
               "data.global_batch_size", "evals.batch_size", "objective.max_text_len"):
     section, name = key.split(".")
@@ -45,6 +49,24 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   if config.data.on_bad_example not in pipeline.ON_BAD_EXAMPLE:
     raise ValueError(f"config.data.on_bad_example={config.data.on_bad_example!r}: expected one "
                      f"of {pipeline.ON_BAD_EXAMPLE}.")
+
+
+def _check_objective(objective: ml_collections.ConfigDict) -> None:
+  if objective.kind != "mixture":
+    if objective.kind not in OBJECTIVE_KINDS:
+      raise ValueError(f"config.objective.kind={objective.kind!r}: expected one of "
+                       f"{OBJECTIVE_KINDS} or 'mixture'.")
+    return
+  if not objective.get("mixture"):
+    raise ValueError("config.objective.kind='mixture' needs config.objective.mixture = "
+                     "{kind: dict(weight=..., ...)} naming at least one objective.")
+  for kind, part in objective.mixture.items():
+    if kind not in OBJECTIVE_KINDS:
+      raise ValueError(f"config.objective.mixture.{kind}: not an objective; expected one of "
+                       f"{OBJECTIVE_KINDS}.")
+    if not part.get("weight", 0) > 0:
+      raise ValueError(f"config.objective.mixture.{kind}.weight={part.get('weight')} must be "
+                       "positive.")
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str, *,

@@ -27,8 +27,9 @@ from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
 from gpt4v_jax.models.gpt4v import build_model
-from gpt4v_jax.objectives import prefix_lm
+from gpt4v_jax.objectives import mixture, prefix_lm
 from gpt4v_jax.objectives.caption import CaptionObjective
+from gpt4v_jax.objectives.vqa import VQAObjective
 from gpt4v_jax.optimizer import make_optimizer
 
 
@@ -46,12 +47,31 @@ class TrainState:
 COUNTERS = ("skipped_examples", "truncated_texts", "nonfinite_steps")
 
 
-def make_objective(config: ml_collections.ConfigDict, tokenizer) -> CaptionObjective:
-  kind = config.objective.kind
+def make_objective(config: ml_collections.ConfigDict, tokenizer) -> Any:
+  """The objective `config.objective` describes. Its keys by kind:
+
+    caption  max_text_len, prompt
+    vqa      max_text_len, max_new_tokens
+    mixture  max_text_len (shared by every part: their rows share one layout), and
+             mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
+             mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))
+  """
+  c = config.objective
+  if c.kind != "mixture":
+    return _single_objective(c.kind, c, c.max_text_len, tokenizer)
+  parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer)
+           for kind, part in c.mixture.items()}
+  return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()})
+
+
+def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int,
+                      tokenizer) -> Any:
   if kind == "caption":
-    return CaptionObjective(tokenizer, prompt=config.objective.prompt,
-                            max_text_len=config.objective.max_text_len)
-  raise ValueError(f"config.objective.kind={kind!r}: expected 'caption'.")
+    return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
+  if kind == "vqa":
+    return VQAObjective(tokenizer, max_text_len=max_text_len,
+                        max_new_tokens=keys.max_new_tokens)
+  raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 
 def batch_spec(global_batch: int, max_text_len: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -172,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sources = shapes.encoded_sources(builder)
   local_batch = config.data.global_batch_size // jax.process_count()
   train_iter = iter(pipeline.train_dataset(
-      sources[config.data.train_split], objective.train_example, seed=config.seed,
+      sources[config.data.train_split], mixture.train_components(objective), seed=config.seed,
       local_batch_size=local_batch, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads,
       on_bad_example=config.data.on_bad_example))
@@ -282,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       results[split] = m
       log(f"[final {split}] " + _fmt(m))
       for r in records[:config.evals.num_samples_to_print]:
-        log(f"  pred: {r['prediction']!r}\n  refs: {r['references'][:2]!r}")
+        log(f"  {json.dumps(r)}")  # Fields differ by objective: references, answer, ...
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:

@@ -21,7 +21,8 @@ def tiny_data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def run_main(tmp_path_factory, tiny_data_dir):
-  """run_main(*flags, fault=(), cwd=ROOT) -> CompletedProcess of one tiny-config run of main.
+  """run_main(*flags, config=..., fault=(), cwd=ROOT) -> CompletedProcess of one run of main
+  on a tiny config (`configs/<config>`, shapes_caption.py:tiny unless given).
 
   `fault=(FAULT, STEP)` runs it through tests/fault_injection.py instead. All runs share one
   persistent XLA compilation cache, so only the first run of a program pays for compiling it.
@@ -32,10 +33,10 @@ def run_main(tmp_path_factory, tiny_data_dir):
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
-  def run(*flags, fault=(), cwd=ROOT):
+  def run(*flags, config="shapes_caption.py:tiny", fault=(), cwd=ROOT):
     entry = ([os.path.join(ROOT, "tests", "fault_injection.py"), *map(str, fault)] if fault
              else ["-m", "gpt4v_jax.main"])
-    cmd = [sys.executable, *entry, f"--config={ROOT}/configs/shapes_caption.py:tiny",
+    cmd = [sys.executable, *entry, f"--config={ROOT}/configs/{config}",
            f"--config.data.data_dir={tiny_data_dir}", *flags]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 

@@ -159,8 +159,8 @@ def _fake_source() -> list[dict]:
 def _fake_iter(on_bad_example="skip"):
   obj = train.make_objective(shapes_caption.get_config("tiny"), ByteTokenizer())
   return iter(pipeline.train_dataset(
-      _fake_source(), obj.train_example, seed=0, local_batch_size=4, process_index=0,
-      process_count=1, num_threads=2, on_bad_example=on_bad_example))
+      _fake_source(), [(obj.train_example, 1.0)], seed=0, local_batch_size=4,
+      process_index=0, process_count=1, num_threads=2, on_bad_example=on_bad_example))
 
 
 def _row_ids(batch: dict) -> list[int]:
@@ -212,7 +212,7 @@ def test_bad_example_is_a_clear_error_when_configured():
 def test_only_bad_examples_is_an_error_not_a_hang():
   obj = train.make_objective(shapes_caption.get_config("tiny"), ByteTokenizer())
   it = iter(pipeline.train_dataset(
-      [_example(0, caption=b"")], obj.train_example, seed=0, local_batch_size=4,
+      [_example(0, caption=b"")], [(obj.train_example, 1.0)], seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=0))
   with pytest.raises(pipeline.BadExample, match="bad training examples in a row"):
     next(it)
@@ -220,12 +220,15 @@ def test_only_bad_examples_is_an_error_not_a_hang():
 
 def test_bad_eval_examples_are_left_out_of_fixed_size_batches():
   obj = train.make_objective(shapes_caption.get_config("tiny"), ByteTokenizer())
-  batches = list(pipeline.eval_batches(_fake_source(), obj.eval_example, num_examples=16,
+  batches = list(pipeline.eval_batches(_fake_source(), obj.eval_items, num_examples=16,
                                        batch_size=5))
-  assert [ex["id"] for _, raw in batches for ex in raw] == [*range(12), 102, 103]
+  # A caption item's info is its example; each row names the example's index in the source.
+  items = [item for _, batch_items in batches for item in batch_items]
+  assert [ex["id"] for _, ex in items] == [*range(12), 102, 103]
+  assert [i for i, _ in items] == [*range(12), 14, 15]
   assert all(b["image"].shape[0] == 5 for b, _ in batches)
   with pytest.raises(pipeline.BadExample, match=r"id=100\)"):
-    list(pipeline.eval_batches(_fake_source(), obj.eval_example, num_examples=16,
+    list(pipeline.eval_batches(_fake_source(), obj.eval_items, num_examples=16,
                                batch_size=5, on_bad_example="error"))
 
 

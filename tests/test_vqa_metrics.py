@@ -43,9 +43,14 @@ def test_normalize_answer(raw, normalized):
     ("red", ["red"] * 3 + ["blue"] * 7, 0.9),
     # m = 4: every subset keeps >= 3 matches.
     ("red", ["red"] * 4 + ["blue"] * 6, 1.0),
-    # Fewer than 10 references: min(m / 3, 1), no averaging.
-    ("2", ["2"], 1 / 3),
+    # One reference is certain: normalised exact match, 1 or 0.
+    ("2", ["2"], 1.0),
+    ("The Two.", ["2"], 1.0),
+    ("3", ["2"], 0.0),
+    ("red", ["red circle"], 0.0),
+    # 2-9 references: min(m / 3, 1), no averaging.
     ("two", ["2", "2"], 2 / 3),
+    ("2", ["2", "3"], 1 / 3),
     ("2", ["2", "2", "2", "3"], 1.0),
     # References are stripped of punctuation only when they disagree...
     ("yes", ["yes."] * 5 + ["no"] * 5, 1.0),
@@ -71,13 +76,14 @@ def test_vqa_scores_overall_and_per_type():
       ("blue", ["red"] * 10, "color"),         # 0
       ("three", ["3"] * 10, "count"),          # 1
       ("yes", ["yes"] * 2 + ["no"] * 8, "existence"),  # 0.6
+      ("no", ["yes"], "existence"),            # 0
   ]
   scores = V.vqa_scores(items)
   assert scores == pytest.approx({
-      "accuracy": (1 + 0 + 1 + 0.6) / 4,
+      "accuracy": (1 + 0 + 1 + 0.6 + 0) / 5,
       "accuracy_color": 0.5,
       "accuracy_count": 1.0,
-      "accuracy_existence": 0.6,
+      "accuracy_existence": 0.3,
   })
   # Types come in QUESTION_TYPES order; absent types are left out.
   order = [k[len("accuracy_"):] for k in scores if k != "accuracy"]
@@ -91,10 +97,10 @@ def test_vqa_scores_rejects_bad_input():
     V.vqa_scores([("yes", ["yes"], "colour")])
 
 
-def test_shapes_answers_score_one_as_ten_annotators():
-  """Every shapes answer, replicated 10 times, scores 1 against itself."""
+def test_shapes_answers_score_one_against_themselves():
+  """Every shapes answer, as the single reference, scores 1 against itself."""
   for index in range(20):
     example = shapes.make_example(0, "validation", index)
     for answer in example["answers"]:
-      assert V.vqa_accuracy(answer, [answer] * 10) == 1.0
+      assert V.vqa_accuracy(answer, [answer]) == 1.0
       assert V.normalize_answer(answer) == answer

@@ -1,9 +1,10 @@
 """grain input pipelines over TFDS array_record data sources (no TensorFlow).
 
-Training: source -> this process's shard -> seeded shuffle, reshuffled each epoch -> repeat
--> per-example preprocessing with a per-index RNG (threaded) -> drop bad examples -> batch.
-Every step is index-based and seeded, so the iterator state (a few integers) is checkpointed
-with the model and a resumed run sees exactly the batches an uninterrupted run would have seen.
+Training: source -> this process's shard -> per objective: seeded shuffle, reshuffled each
+epoch -> repeat -> preprocessing with a per-index RNG; the objectives' streams interleaved by
+weight -> (threaded) -> drop bad examples -> batch. Every step is index-based and seeded, so
+the iterator state (a few integers) is checkpointed with the model and a resumed run sees
+exactly the batches an uninterrupted run would have seen.
 
 Bad examples (an image that does not decode or has the wrong size, an empty caption, ...) are
 found by the objective's example function, which raises BadExample. With
@@ -12,7 +13,7 @@ next examples (same batch size, same order on every run); each kept row carries 
 number of bad examples dropped just before it, so the train step can count them exactly.
 """
 import io
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -47,6 +48,20 @@ def decode_image(image: bytes | np.ndarray, size: int) -> np.ndarray:
   if image.shape != (size, size, 3) or image.dtype != np.uint8:
     raise BadExample(f"image is {image.dtype} {image.shape}, expected uint8 ({size}, {size}, 3)")
   return image
+
+
+def decode_text(value: bytes | str, what: str) -> str:
+  """A text feature (utf-8 bytes as the data source returns it, or str) as str.
+
+  Raises BadExample, naming it as `what`, for bytes that are not UTF-8 and for blank text.
+  """
+  try:
+    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+  except UnicodeDecodeError as e:
+    raise BadExample(f"{what} is not UTF-8 ({e})") from None
+  if not text.strip():
+    raise BadExample(f"empty {what}")
+  return text
 
 
 def image_to_float(image: np.ndarray) -> np.ndarray:
@@ -109,47 +124,58 @@ class _DropBad(grain.IterDataset):
     return _DropBadIterator(self._parent.__iter__())
 
 
-def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator], dict], *,
-                  seed: int, local_batch_size: int, process_index: int, process_count: int,
+def train_dataset(source: Any,
+                  components: Sequence[tuple[Callable[[dict, np.random.Generator], dict], float]],
+                  *, seed: int, local_batch_size: int, process_index: int, process_count: int,
                   num_threads: int, on_bad_example: str = "skip") -> grain.IterDataset:
   """Infinite iterator dataset of local batches: dict of [local_batch, ...] numpy arrays.
 
-  Each batch holds example_fn's fields plus `skipped` int32 [local_batch] (see above).
+  `components` holds an (example_fn, weight) pair per objective: one for a single objective,
+  one per part for a mixture. Each walks its own shuffled pass over the source (component k
+  shuffles with seed + k, so the parts of a mixture see the images in different orders) and
+  `MapDataset.mix` interleaves them in a fixed pattern of the weights' proportions, so the
+  iterator state is still one index. Each batch holds example_fn's fields (the same for every
+  component) plus `skipped` int32 [local_batch] (see above).
   """
   if on_bad_example not in ON_BAD_EXAMPLE:
     raise ValueError(f"on_bad_example={on_bad_example!r}: expected one of {ON_BAD_EXAMPLE}.")
-  ds = grain.MapDataset.source(source)
-  ds = ds[process_index::process_count]  # Each host reads a disjoint shard.
-  ds = ds.seed(seed).shuffle().repeat()  # Deterministic; a new order every epoch.
-  ds = ds.random_map(_checked(example_fn, on_bad_example))
+  shard = grain.MapDataset.source(source)[process_index::process_count]  # Disjoint per host.
+  streams = [shard.seed(seed + k).shuffle().repeat()  # Deterministic; new order every epoch.
+             .random_map(_checked(example_fn, on_bad_example))
+             for k, (example_fn, _) in enumerate(components)]
+  ds = grain.MapDataset.mix(streams, [weight for _, weight in components])
   # Threads keep about two batches of examples ready; dropping and batching are cheap.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=2 * local_batch_size))
   return _DropBad(ds).batch(local_batch_size, drop_remainder=True)
 
 
-def eval_batches(source: Any, example_fn: Callable[[dict], dict], *, num_examples: int,
-                 batch_size: int, on_bad_example: str = "skip"
-                 ) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
-  """The first `num_examples` of a split, in order, as fixed-size batches.
+def eval_batches(source: Any, items_fn: Callable[[dict], list[tuple[dict, Any]]], *,
+                 num_examples: int, batch_size: int, on_bad_example: str = "skip"
+                 ) -> Iterator[tuple[dict[str, np.ndarray], list[tuple[int, Any]]]]:
+  """The eval items of the first `num_examples` of a split, in order, as fixed-size batches.
 
-  Bad examples are left out ("skip") or raise ("error"). The last batch is padded by repeating
-  its final row so every batch has the same shape (one compilation); the raw examples list
-  holds the examples of the real rows.
+  `items_fn` turns one example into its items, (input row, info) pairs: one per example for
+  captioning, one per question for VQA. An example whose items_fn raises BadExample is left
+  out whole ("skip") or raises ("error"). The last batch is padded by repeating its final row
+  so every batch has the same shape (one compilation). Yields (batch, [(index of the example
+  in `source`, info) for each real row]).
   """
-  rows, raw = [], []
+  rows, infos = [], []
   for i in range(min(num_examples, len(source))):
     example = source[i]
     try:
-      rows.append(example_fn(example))
+      items = items_fn(example)
     except BadExample as e:
       if on_bad_example == "skip":
         continue
       raise _example_error(example, e) from None
-    raw.append(example)
-    if len(rows) == batch_size:
-      yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, raw
-      rows, raw = [], []
+    for row, info in items:
+      rows.append(row)
+      infos.append((i, info))
+      if len(rows) == batch_size:
+        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, infos
+        rows, infos = [], []
   if rows:
     rows += [rows[-1]] * (batch_size - len(rows))
-    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, raw
+    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, infos

@@ -1,4 +1,6 @@
-"""Runs an objective's evaluation on one split: batch, decode greedily, score, write JSON."""
+"""Runs an objective's evaluation on one split: batch its eval items, decode greedily, score,
+write JSON."""
+import functools
 import json
 import os
 import time
@@ -10,26 +12,58 @@ from jax.experimental import multihost_utils
 
 from gpt4v_jax import decode, sharding
 from gpt4v_jax.data import pipeline
+from gpt4v_jax.objectives.mixture import MixtureObjective
 
 
 def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, split: str,
                    num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
                    out_dir: str | None = None, step: int | None = None,
                    on_bad_example: str = "skip") -> tuple[dict, list]:
-  """Greedy-decodes `num_examples` of `source` and scores them with `objective.score`.
+  """Greedy-decodes the eval items of the first `num_examples` of `source` and scores them.
+
+  `objective.eval_items(example)` gives each example's items (one per caption example, one
+  per question for VQA), `objective.score(infos, predictions)` the metrics and records. A
+  MixtureObjective evaluates each of its parts in turn, metrics prefixed with the part's name
+  ("caption/object_f1", "vqa/accuracy") and records tagged with it (`task`).
+  Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
+  Returns (metrics, per-item records); writes `{out_dir}/eval_{split}_step{step}.json`.
+  """
+  start = time.perf_counter()
+  evaluate = functools.partial(
+      _decode_and_score, model=model, params=params, source=source,
+      num_examples=num_examples, batch_size=batch_size, mesh=mesh,
+      on_bad_example=on_bad_example)
+  if isinstance(objective, MixtureObjective):
+    metrics, records = {}, []
+    for name, part in objective.parts.items():
+      part_metrics, part_records = evaluate(part)
+      metrics.update({f"{name}/{k}": v for k, v in part_metrics.items()})
+      records += [dict(task=name, **r) for r in part_records]
+  else:
+    metrics, records = evaluate(objective)
+  metrics["seconds"] = time.perf_counter() - start
+  if out_dir is not None and jax.process_index() == 0:
+    path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(dict(split=split, step=step, metrics=metrics, predictions=records), f, indent=1)
+    os.replace(path + ".tmp", path)  # Readers never see a half-written file.
+  return metrics, records
+
+
+def _decode_and_score(objective: Any, *, model: Any, params: Any, source: Any,
+                      num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
+                      on_bad_example: str) -> tuple[dict, list]:
+  """evaluate_split's work for one single objective, without timing or writing.
 
   Every process walks the same batches and feeds its own slice of each to the global array,
   so the decode is sharded like training; predictions are gathered back to every host.
-  Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
-  Returns (metrics, per-example records); writes `{out_dir}/eval_{split}_step{step}.json`.
   """
-  start = time.perf_counter()
   batch_sharding = sharding.batch_sharding(mesh)
   pid, nproc = jax.process_index(), jax.process_count()
-  examples, predictions = [], []
-  for batch, raw in pipeline.eval_batches(source, objective.eval_example,
-                                          num_examples=num_examples, batch_size=batch_size,
-                                          on_bad_example=on_bad_example):
+  infos, predictions, kept = [], [], set()
+  for batch, items in pipeline.eval_batches(source, objective.eval_items,
+                                            num_examples=num_examples, batch_size=batch_size,
+                                            on_bad_example=on_bad_example):
     local = jax.tree.map(lambda x: np.array_split(x, nproc)[pid], batch)
     inputs = sharding.to_global(local, batch_sharding)
     tokens = decode.greedy_decode(
@@ -37,16 +71,11 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
         max_new_tokens=objective.max_new_tokens, eos_id=objective.tokenizer.eos_id,
         pad_id=objective.tokenizer.pad_id)
     tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    predictions += [objective.tokenizer.decode(t) for t in tokens[:len(raw)]]
-    examples += raw
-  metrics, records = objective.score(examples, predictions)
+    predictions += [objective.tokenizer.decode(t) for t in tokens[:len(items)]]
+    infos += [info for _, info in items]
+    kept.update(i for i, _ in items)
+  metrics, records = objective.score(infos, predictions)
   metrics = {k: float(v) for k, v in metrics.items()}
-  metrics["num_examples"] = len(examples)
-  metrics["skipped_examples"] = min(num_examples, len(source)) - len(examples)
-  metrics["seconds"] = time.perf_counter() - start
-  if out_dir is not None and jax.process_index() == 0:
-    path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(dict(split=split, step=step, metrics=metrics, predictions=records), f, indent=1)
-    os.replace(path + ".tmp", path)  # Readers never see a half-written file.
+  metrics["num_examples"] = len(kept)
+  metrics["skipped_examples"] = min(num_examples, len(source)) - len(kept)
   return metrics, records

@@ -15,16 +15,14 @@ published VQA accuracies mean:
    what the official code does: VQA's human answers were already normalised
    when the dataset was built. Pass references in that form (lower case,
    digits, no articles), as `shapes` answers are.
-3. The prediction scores min(#references equal to it / 3, 1): three agreeing
-   humans make an answer fully right. With 10 or more references, as in VQA
-   v2, the official code averages this over the leave-one-out subsets (each
-   reference left out once, the rest compared); with fewer references we use
-   the formula on all of them, without averaging.
-
-So with one reference per question a correct answer scores only 1/3. For a
-dataset whose single answer is certain (the `shapes` dataset), pass it as ten
-agreeing annotators, `[answer] * 10`: the score is then normalised exact
-match (1 or 0).
+3. With one reference the prediction scores normalised exact match, 1 or 0:
+   a single answer is taken as certain (the `shapes` questions have exactly
+   one). With several, it scores min(#references equal to it / 3, 1), the
+   official rule: three agreeing humans make an answer fully right. With 10
+   or more references, as in VQA v2, the official code averages this over
+   the leave-one-out subsets (each reference left out once, the rest
+   compared); with 2-9 references we use the formula on all of them, without
+   averaging.
 
 Accuracies are fractions in [0, 1], not the official rounded percentages.
 """
@@ -146,9 +144,10 @@ def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
       only punctuation is stripped, and only when they disagree.
 
   Returns:
+    With one reference, 1.0 if it equals the normalised prediction, else 0.0.
     With n >= 10 references, the mean over the n leave-one-out subsets of
     min(#matches in the subset / 3, 1): for m matching references out of 10
-    that is 0, 0.3, 0.6, 0.9 for m = 0..3 and 1 from m = 4. With fewer
+    that is 0, 0.3, 0.6, 0.9 for m = 0..3 and 1 from m = 4. With 2-9
     references, min(m / 3, 1).
   """
   refs = [_as_text(r) for r in references]
@@ -159,6 +158,8 @@ def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
     refs = [_strip_punctuation(r) for r in refs]
   answer = normalize_answer(_as_text(prediction))
   matches = sum(r == answer for r in refs)
+  if len(refs) == 1:
+    return float(matches)
   if len(refs) < _VQA_NUM_REFERENCES:
     return _agreement_score(matches)
   # Leaving out a matching reference leaves matches - 1, any other matches.

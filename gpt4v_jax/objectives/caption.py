@@ -8,7 +8,7 @@ scenes are known exactly, object precision/recall/F1 by parsing the caption back
 import numpy as np
 
 from gpt4v_jax.data import shapes
-from gpt4v_jax.data.pipeline import BadExample, decode_image, image_to_float
+from gpt4v_jax.data.pipeline import BadExample, decode_image, decode_text, image_to_float
 from gpt4v_jax.data.tokenizer import TASK_IDS, Tokenizer
 from gpt4v_jax.evals import caption_metrics
 from gpt4v_jax.objectives import prefix_lm
@@ -40,28 +40,26 @@ class CaptionObjective:
     captions = example["captions"]
     if len(captions) == 0:
       raise BadExample("no captions")
-    try:
-      caption = _text(captions[rng.integers(len(captions))])
-    except UnicodeDecodeError as e:
-      raise BadExample(f"caption is not UTF-8 ({e})") from None
-    if not caption.strip():
-      raise BadExample("empty caption")
+    caption = decode_text(captions[rng.integers(len(captions))], "caption")
     t = self.tokenizer
     row, truncated = prefix_lm.make_row(self._prompt_ids, t.encode(caption), bos_id=t.bos_id,
                                         eos_id=t.eos_id, pad_id=t.pad_id,
                                         max_len=self.max_text_len)
     return dict(image=image_to_float(image), truncated=np.int32(truncated), **row)
 
-  def eval_example(self, example: dict) -> dict[str, np.ndarray]:
-    """Data-source example -> {image, prompt [prompt_len], prompt_mask [prompt_len]}."""
+  def eval_items(self, example: dict) -> list[tuple[dict[str, np.ndarray], dict]]:
+    """Data-source example -> its one eval item: ({image, prompt [prompt_len], prompt_mask
+    [prompt_len]}, the example itself, which `score` reads the references from)."""
     t = self.tokenizer
     image = decode_image(example["image"], shapes.IMAGE_SIZE)
-    return dict(image=image_to_float(image),
-                **prefix_lm.make_prompt(self._prompt_ids, bos_id=t.bos_id, pad_id=t.pad_id,
-                                        max_len=self.prompt_len))
+    inputs = dict(image=image_to_float(image),
+                  **prefix_lm.make_prompt(self._prompt_ids, bos_id=t.bos_id, pad_id=t.pad_id,
+                                          max_len=self.prompt_len))
+    return [(inputs, example)]
 
   def score(self, examples: list[dict], predictions: list[str]) -> tuple[dict, list[dict]]:
-    """Metrics over decoded captions, and one JSON-ready record per example."""
+    """Metrics over decoded captions (the infos of `eval_items`: the examples), and one
+    JSON-ready record per example."""
     refs = {i: [_text(c) for c in ex["captions"]] for i, ex in enumerate(examples)}
     preds = dict(enumerate(predictions))
     bleu = caption_metrics.bleu(refs, preds)

@@ -1,0 +1,118 @@
+"""VQA objective: row layout, one eval item per question, scoring, and a tiny run of main."""
+import json
+
+import numpy as np
+import pytest
+
+from configs import shapes_vqa
+from gpt4v_jax import train
+from gpt4v_jax.data import shapes
+from gpt4v_jax.data.pipeline import BadExample
+from gpt4v_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_IDS, ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def obj():
+  return train.make_objective(shapes_vqa.get_config(), ByteTokenizer())
+
+
+def _example(**overrides) -> dict:
+  example = dict(id=7, image=np.zeros((64, 64, 3), np.uint8),
+                 questions=[b"is there a red square?", b"how many circles are there?"],
+                 answers=[b"no", b"2"], question_types=[b"existence", b"count"])
+  return {**example, **overrides}
+
+
+def _ids(text: bytes) -> list[int]:
+  return ByteTokenizer().encode(text.decode())
+
+
+def test_row_is_question_prefix_then_causal_answer_with_loss_on_answer_and_eos(obj):
+  row = obj.train_example(_example(questions=[b"what color is it?"], answers=[b"red"],
+                                   question_types=[b"color"]), np.random.default_rng(0))
+  prefix = [BOS_ID, TASK_IDS["vqa"]] + _ids(b"what color is it?")
+  answer = _ids(b"red") + [EOS_ID]
+  n = len(prefix) + len(answer)
+  assert row["text"].shape == (obj.max_text_len,) and row["truncated"] == 0
+  np.testing.assert_array_equal(row["text"][:n], prefix + answer)
+  assert (row["text"][n:] == PAD_ID).all()
+  # Prefix (BOS, task, question) attends fully; answer and EOS are causal; padding is neither.
+  position = np.arange(obj.max_text_len)
+  np.testing.assert_array_equal(row["ar_mask"], (position >= len(prefix)) & (position < n))
+  np.testing.assert_array_equal(row["input_mask"], position < n)
+  # Position i predicts text[i + 1]; only answer tokens and EOS are predicted with loss.
+  np.testing.assert_array_equal(row["targets"][:n - 1], row["text"][1:n])
+  predicted = np.flatnonzero(row["loss_mask"]) + 1
+  np.testing.assert_array_equal(predicted, np.arange(len(prefix), n))
+
+
+def test_training_samples_one_question_per_example_from_the_rng(obj):
+  rows = [obj.train_example(_example(), np.random.default_rng(s)) for s in range(20)]
+  texts = {obj.tokenizer.decode(row["text"]) for row in rows}  # Question, then answer.
+  assert texts == {"is there a red square?no", "how many circles are there?2"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(answers=[b"no"]), "2 questions, 1 answers"),
+    (dict(questions=[], answers=[], question_types=[]), "0 questions"),
+    (dict(answers=[b"no", b""]), "empty answer"),
+    (dict(questions=[b"\xff?", b"how?"]), "question is not UTF-8"),
+    (dict(question_types=[b"existence", b"colour"]), "question type 'colour'"),
+    (dict(questions=[b"is there " * 10 + b"?"] * 2), "of 91 tokens does not fit max_text_len=70"),
+])
+def test_bad_questions_are_bad_examples(obj, overrides, message):
+  with pytest.raises(BadExample, match=message):
+    obj.train_example(_example(**overrides), np.random.default_rng(0))
+  with pytest.raises(BadExample, match=message):
+    obj.eval_items(_example(**overrides))
+
+
+def test_every_generated_question_fits_the_default_row(obj):
+  """max_text_len is the measured bound: no question of any split is cut or rejected."""
+  for split in shapes.SPLITS:
+    for index in range(50):
+      ex = shapes.make_example(0, split, index)
+      for k in range(len(ex["questions"])):
+        one = dict(ex, questions=ex["questions"][k:k + 1], answers=ex["answers"][k:k + 1],
+                   question_types=ex["question_types"][k:k + 1])
+        assert obj.train_example(one, np.random.default_rng(0))["truncated"] == 0
+
+
+def test_eval_items_ask_every_question_of_the_image(obj):
+  ex = shapes.make_example(0, "validation", 3)
+  items = obj.eval_items(ex)
+  assert len(items) == len(ex["questions"]) >= 6
+  for (inputs, info), q, a, t in zip(items, ex["questions"], ex["answers"],
+                                      ex["question_types"]):
+    assert info == dict(id="3", question=q, qtype=t, answer=a)
+    assert inputs["prompt"].shape == inputs["prompt_mask"].shape == (obj.prompt_len,)
+    n = inputs["prompt_mask"].sum()
+    assert list(inputs["prompt"][:n]) == [BOS_ID, TASK_IDS["vqa"]] + _ids(q.encode())
+    assert (inputs["prompt"][n:] == PAD_ID).all()
+    np.testing.assert_allclose(inputs["image"], ex["image"] / 127.5 - 1.0, atol=1e-6)
+
+
+def test_score_is_exact_match_overall_and_per_type(obj):
+  items = [dict(id="0", question="what color is the circle?", qtype="color", answer="red"),
+           dict(id="0", question="how many squares are there?", qtype="count", answer="2"),
+           dict(id="1", question="is there a blue diamond?", qtype="existence", answer="no"),
+           dict(id="1", question="what shape is the red object?", qtype="shape",
+                answer="circle")]
+  metrics, records = obj.score(items, ["Red.", "two", "yes", "circles"])
+  assert metrics == dict(accuracy=0.5, accuracy_color=1.0, accuracy_shape=0.0,
+                         accuracy_count=1.0, accuracy_existence=0.0, num_questions=4)
+  assert records[2] == dict(id="1", question="is there a blue diamond?", qtype="existence",
+                            prediction="yes", answer="no")
+  assert list(records[0]) == ["id", "question", "qtype", "prediction", "answer"]
+
+
+def test_tiny_vqa_run_reports_accuracy_per_question_type(tmp_path, run_main):
+  r = run_main(f"--workdir={tmp_path / 'run'}", config="shapes_vqa.py:tiny")
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+  assert {"accuracy", "num_questions"} | {f"accuracy_{t}" for t in shapes.QUESTION_TYPES
+                                          } <= set(results)
+  assert results["num_examples"] == 16 and results["num_questions"] >= 6 * 16
+  records = json.loads((tmp_path / "run" / "eval_test_step6.json").read_text())["predictions"]
+  assert len(records) == results["num_questions"]
+  assert set(records[0]) == {"id", "question", "qtype", "prediction", "answer"}
