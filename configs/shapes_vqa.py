@@ -22,10 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective = dict(kind="vqa", max_text_len=70, max_new_tokens=9)
 
   if not arg:  # "tiny" keeps shapes_caption's tiny run length and evals.
-    # A row is 16 image + 70 text tokens (caption: 16 + 124): 8.7 GFLOP per step, 0.62x a
-    # caption step. A 600-step probe ran at 0.82 s/step on a CPU shared three ways (start-up
-    # matmul rate 0.036 TFLOP/s, 0.13 when idle), i.e. ~0.23-0.3 s/step on 2 idle cores:
-    # 4,800 steps (77k questions, one per image and epoch) are ~18-24 min of training.
+    # A row is 16 image + 70 text tokens (caption: 16 + 124). A 600-step probe with the
+    # earlier 4-layer decoder (8.7 GFLOP/step) ran at 0.82 s/step on a CPU shared three ways,
+    # ~0.23-0.3 s/step scaled to 2 idle cores; the 2-layer decoder is cheaper still, so
+    # 4,800 steps (77k questions, one per image and epoch) stay under ~20 min of training.
     c.train.steps = 4800
     # 200 validation examples are ~1,400 questions; final evals ask all ~7,000 of 1,000.
     c.evals.every = 1200
