@@ -144,10 +144,10 @@ def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     # The update norm catches what loss and gradients miss, e.g. a NaN learning rate.
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(optax.global_norm(updates)))
+              & jnp.isfinite(optax.tree.norm(updates)))
     if skip_nonfinite:
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                        (params, opt_state), (state.params, state.opt_state))
