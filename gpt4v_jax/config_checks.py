@@ -17,8 +17,9 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.skip_nonfinite_updates", "evals.",
                      "data.data_dir", "data.num_threads", "data.on_bad_example", "mesh.",
                      "sharding_rules")
-# The single objectives train.make_objective builds; config.objective.kind may also be
-# "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}).
+# The single text objectives train.make_objective builds; config.objective.kind may also be
+# "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}), or "vqvae"
+# (the image tokenizer, whose config.model is a VQVAE's).
 OBJECTIVE_KINDS = ("caption", "vqa")
 
 
@@ -31,17 +32,12 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   sharding.mesh_shape(config.mesh, jax.device_count())  # Raises if the mesh does not fit.
   _check_objective(config.objective)
   for key in ("train.steps", "train.log_every", "train.checkpoint_every",
-              "data.global_batch_size", "evals.batch_size", "objective.max_text_len"):
+              "data.global_batch_size", "evals.batch_size"):
     section, name = key.split(".")
     if config[section][name] <= 0:
       raise ValueError(f"config.{key}={config[section][name]} must be positive.")
-  vocab = get_tokenizer(config.tokenizer).vocab_size
-  if config.model.vocab_size < vocab:
-    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
-                     f"tokenizer's {vocab} ids.")
-  if config.model.num_heads % config.model.num_kv_heads:
-    raise ValueError(f"config.model.num_kv_heads={config.model.num_kv_heads} must divide "
-                     f"config.model.num_heads={config.model.num_heads}.")
+  if config.objective.kind != "vqvae":
+    _check_language_model(config)
   unknown = set(config.evals.final_splits) | set(config.evals.during_splits)
   unknown -= {"train", "validation", "test", "compositional"}
   if unknown:
@@ -51,11 +47,26 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
                      f"of {pipeline.ON_BAD_EXAMPLE}.")
 
 
+def _check_language_model(config: ml_collections.ConfigDict) -> None:
+  if config.objective.max_text_len <= 0:
+    raise ValueError(f"config.objective.max_text_len={config.objective.max_text_len} must be "
+                     "positive.")
+  vocab = get_tokenizer(config.tokenizer).vocab_size
+  if config.model.vocab_size < vocab:
+    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
+                     f"tokenizer's {vocab} ids.")
+  if config.model.num_heads % config.model.num_kv_heads:
+    raise ValueError(f"config.model.num_kv_heads={config.model.num_kv_heads} must divide "
+                     f"config.model.num_heads={config.model.num_heads}.")
+
+
 def _check_objective(objective: ml_collections.ConfigDict) -> None:
+  if objective.kind == "vqvae":
+    return
   if objective.kind != "mixture":
     if objective.kind not in OBJECTIVE_KINDS:
       raise ValueError(f"config.objective.kind={objective.kind!r}: expected one of "
-                       f"{OBJECTIVE_KINDS} or 'mixture'.")
+                       f"{OBJECTIVE_KINDS}, 'mixture' or 'vqvae'.")
     return
   if not objective.get("mixture"):
     raise ValueError("config.objective.kind='mixture' needs config.objective.mixture = "

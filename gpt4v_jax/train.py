@@ -3,6 +3,10 @@
 Read top to bottom: checks -> mesh -> data -> model -> sharded state -> checkpoint/resume ->
 jitted train step -> loop (logging, checkpoints, evals) -> final evals.
 
+The objective (`objectives/`) supplies everything task-specific: the model, its variables,
+the batch layout, the loss and the evaluation, so the same loop trains the GPT-4V model on
+captions, questions or image codes, and the VQ-VAE image tokenizer.
+
 Fault tolerance (README, "Fault tolerance"): a killed run resumes bitwise identically from its
 newest readable checkpoint; SIGTERM/SIGINT save and stop (`preemption.Preempted`); a
 non-finite step is never checkpointed (the run stops, or skips the update); bad examples are
@@ -26,9 +30,9 @@ from gpt4v_jax.data import pipeline, shapes
 from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
-from gpt4v_jax.models.gpt4v import build_model
-from gpt4v_jax.objectives import mixture, prefix_lm
+from gpt4v_jax.objectives import mixture
 from gpt4v_jax.objectives.caption import CaptionObjective
+from gpt4v_jax.objectives.image_tokenizer import VQVAEObjective
 from gpt4v_jax.objectives.vqa import VQAObjective
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -38,6 +42,9 @@ class TrainState:
   step: jax.Array  # [] int32
   params: Any  # Unboxed param tree.
   opt_state: Any
+  # Model variables outside "params", which the optimizer never touches: a VQ-VAE's EMA
+  # codebook ("vq_stats", updated by its loss), a frozen image tokenizer (never updated).
+  model_state: Any
   rng: jax.Array  # [2] uint32, a raw PRNG key so Orbax stores it as a plain array.
   # [] int32 each, cumulative over the run (checkpointed, so exact across resumes): bad
   # examples skipped, captions truncated to fit, steps whose update was not finite.
@@ -47,16 +54,21 @@ class TrainState:
 COUNTERS = ("skipped_examples", "truncated_texts", "nonfinite_steps")
 
 
-def make_objective(config: ml_collections.ConfigDict, tokenizer) -> Any:
-  """The objective `config.objective` describes. Its keys by kind:
+def make_objective(config: ml_collections.ConfigDict) -> Any:
+  """The objective `config.objective` describes (text objectives use `config.tokenizer`).
+  Its keys by kind:
 
     caption  max_text_len, prompt
     vqa      max_text_len, max_new_tokens
+    vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     mixture  max_text_len (shared by every part: their rows share one layout), and
              mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
              mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))
   """
   c = config.objective
+  if c.kind == "vqvae":
+    return VQVAEObjective(beta=c.beta, num_codes=config.model.num_codes)
+  tokenizer = get_tokenizer(config.tokenizer)
   if c.kind != "mixture":
     return _single_objective(c.kind, c, c.max_text_len, tokenizer)
   parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer)
@@ -74,58 +86,46 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
   raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 
-def batch_spec(global_batch: int, max_text_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of one global training batch (`objective.train_example` rows, stacked by the
-  pipeline, which adds `skipped`)."""
-  b, t, s = global_batch, max_text_len, shapes.IMAGE_SIZE
-  return dict(image=jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
-              truncated=jax.ShapeDtypeStruct((b,), jnp.int32),
-              skipped=jax.ShapeDtypeStruct((b,), jnp.int32),
-              text=jax.ShapeDtypeStruct((b, t), jnp.int32),
-              ar_mask=jax.ShapeDtypeStruct((b, t), jnp.int32),
-              input_mask=jax.ShapeDtypeStruct((b, t), jnp.bool_),
-              targets=jax.ShapeDtypeStruct((b, t), jnp.int32),
-              loss_mask=jax.ShapeDtypeStruct((b, t), jnp.float32))
-
-
-def sharded_state_init(config, model, tx, mesh, max_text_len: int):
+def sharded_state_init(config, objective, model, tx, mesh):
   """Returns (init, abstract_state, shardings).
 
   The state is first traced abstractly (`jax.eval_shape`), its shardings derived from the
   params' logical axis names, then `init()` materialises it already sharded: no host ever
-  holds the full state.
+  holds the full state. `model_state` (small: codebooks, a frozen tokenizer) is replicated.
   """
-  t, s = max_text_len, shapes.IMAGE_SIZE
 
-  def init_boxed_params(rng):
-    return model.init({"params": rng}, jnp.zeros((1, s, s, 3)), jnp.zeros((1, t), jnp.int32),
-                      jnp.zeros((1, t), jnp.int32), jnp.ones((1, t), bool))["params"]
+  def init_boxed_variables(rng):
+    return objective.init_variables(model, rng)
 
   def init_state(key):
     params_rng, state_rng = jax.random.split(key)
-    params = nn.unbox(init_boxed_params(params_rng))
+    variables = nn.unbox(init_boxed_variables(params_rng))
+    params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=state_rng, counters={k: jnp.zeros((), jnp.int32) for k in COUNTERS})
+                      model_state=variables, rng=state_rng,
+                      counters={k: jnp.zeros((), jnp.int32) for k in COUNTERS})
 
   key = jax.random.PRNGKey(config.seed)
   param_shardings = sharding.logical_to_shardings(
-      jax.eval_shape(init_boxed_params, key), mesh, config.sharding_rules)
+      jax.eval_shape(init_boxed_variables, key)["params"], mesh, config.sharding_rules)
   abstract = jax.eval_shape(init_state, key)
   rep = sharding.replicated(mesh)
   # Optimizer moments are laid out like their params; counters are replicated.
   opt_shardings = optax.tree_map_params(
       tx, lambda _, s: s, abstract.opt_state, param_shardings,
       transform_non_params=lambda _: rep)
-  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep,
-                         counters={k: rep for k in COUNTERS})
+  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings,
+                         model_state=jax.tree.map(lambda _: rep, abstract.model_state),
+                         rng=rep, counters={k: rep for k in COUNTERS})
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           abstract, shardings)
   init = jax.jit(lambda: init_state(key), out_shardings=shardings)
   return init, abstract, shardings
 
 
-def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite: bool):
-  """(state, batch) -> (state, metrics): forward, loss on target tokens, AdamW update.
+def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
+                    skip_nonfinite: bool):
+  """(state, batch) -> (state, metrics): the objective's loss, its gradient, AdamW update.
 
   `metrics["finite"]` says whether loss, gradients and update were all finite. With
   `skip_nonfinite` a step where they are not leaves params and optimizer state as they were
@@ -136,12 +136,12 @@ def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite:
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-      logits = model.apply({"params": params}, batch["image"], batch["text"],
-                           batch["ar_mask"], batch["input_mask"], deterministic=deterministic,
-                           rngs={"dropout": dropout_rng})
-      return prefix_lm.next_token_loss(logits, batch["targets"], batch["loss_mask"])
+      loss, aux, model_state = objective.loss(model, params, state.model_state, batch,
+                                              dropout_rng, deterministic)
+      return loss, (aux, model_state)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -149,8 +149,9 @@ def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite:
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(updates)))
     if skip_nonfinite:
-      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                       (params, opt_state), (state.params, state.opt_state))
+      params, opt_state, model_state = jax.tree.map(
+          lambda new, old: jnp.where(finite, new, old), (params, opt_state, model_state),
+          (state.params, state.opt_state, state.model_state))
     c = state.counters
     counters = dict(skipped_examples=c["skipped_examples"] + batch["skipped"].sum(),
                     truncated_texts=c["truncated_texts"] + batch["truncated"].sum(),
@@ -158,7 +159,7 @@ def make_train_step(model, tx, schedule, *, deterministic: bool, skip_nonfinite:
     metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    finite=finite, **counters, **aux)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         counters=counters), metrics
+                         model_state=model_state, counters=counters), metrics
 
   return train_step
 
@@ -186,8 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   peak, peak_source = perf.peak_flops_per_device()
 
   # --- Data.
-  tokenizer = get_tokenizer(config.tokenizer)
-  objective = make_objective(config, tokenizer)
+  objective = make_objective(config)
   builder = shapes.load_builder(config.data.data_dir, config.data.builder_config)
   sources = shapes.encoded_sources(builder)
   local_batch = config.data.global_batch_size // jax.process_count()
@@ -199,14 +199,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batch_sharding = sharding.batch_sharding(mesh)
 
   # --- Model, optimizer and the sharded state.
-  model = build_model(config.model)
+  model = objective.build_model(config.model)
   total_steps = config.train.steps
   tx, schedule = make_optimizer(config.optimizer, total_steps)
   # SIGTERM/SIGINT from here on only set `stop.received`; the loop saves and stops.
   with (jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules),
         preemption.StopRequest() as stop):
-    init, abstract_state, state_shardings = sharded_state_init(
-        config, model, tx, mesh, objective.max_text_len)
+    init, abstract_state, state_shardings = sharded_state_init(config, objective, model, tx,
+                                                               mesh)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     log(f"Model: {num_params / 1e6:.2f}M params.")
 
@@ -222,11 +222,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # --- The jitted train step: explicit shardings, donated state.
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, deterministic=config.model.dropout == 0.0,
+        make_train_step(objective, model, tx, schedule,
+                        deterministic=config.model.get("dropout", 0.0) == 0.0,
                         skip_nonfinite=config.train.skip_nonfinite_updates),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-    specs = batch_spec(config.data.global_batch_size, objective.max_text_len)
+    specs = objective.batch_spec(config.data.global_batch_size)
     step_flops = perf.compiled_flops(
         train_step.lower(abstract_state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                                                   sharding=batch_sharding)
@@ -238,7 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # step N's finiteness is checked then too, and before anything of step N+1 is saved.
     writer = MetricWriter(os.path.join(workdir, "tb"))
     evaluate = lambda split, n, step: evaluate_split(
-        objective=objective, model=model, params=state.params, source=sources[split],
+        objective=objective, model=model, params=state.params,
+        model_state=state.model_state, source=sources[split],
         split=split, num_examples=n, batch_size=config.evals.batch_size, mesh=mesh,
         out_dir=workdir, step=step, on_bad_example=config.data.on_bad_example)
 
@@ -267,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      examples_per_sec=config.data.global_batch_size / step_time,
                      mfu=step_flops / step_time / peak,
                      eta_min=(total_steps - done) * step_time / 60)
-        pending = (done, total_steps, metrics, rates)
+        pending = (done, total_steps, metrics, rates, objective.log_keys)
         window_start, window_steps = time.perf_counter(), 0
       if done % config.train.checkpoint_every == 0 or done == total_steps or stop.received:
         check_finite(done, metrics)
@@ -343,11 +345,14 @@ def _fmt(metrics: dict) -> str:
   return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: dict) -> None:
+def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: dict,
+            keys: tuple[str, ...]) -> None:
+  """Writes every train metric to TensorBoard; prints loss, the objective's `keys`, rates."""
   m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
   writer.scalars(step, {**m, **rates}, prefix="train/")
   faults = "".join(f" {k}={int(m[k])}" for k in COUNTERS if m[k])  # Shown once non-zero.
-  log(f"step {step}/{total} loss={m['loss']:.4f} acc={m['token_accuracy']:.3f} "
+  extra = "".join(f" {k}={m[k]:.4g}" for k in keys)
+  log(f"step {step}/{total} loss={m['loss']:.4f}{extra} "
       f"lr={m['learning_rate']:.2e} gnorm={m['grad_norm']:.3f} "
       f"{rates['examples_per_sec']:.1f} ex/s {rates['step_time'] * 1e3:.0f} ms/step "
       f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min{faults}")

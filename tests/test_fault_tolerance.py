@@ -20,7 +20,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import shapes_caption
 from gpt4v_jax import checkpoint, config_checks, preemption, sharding, train
 from gpt4v_jax.data import pipeline
-from gpt4v_jax.data.tokenizer import ByteTokenizer
 from gpt4v_jax.optimizer import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +156,7 @@ def _fake_source() -> list[dict]:
 
 
 def _fake_iter(on_bad_example="skip"):
-  obj = train.make_objective(shapes_caption.get_config("tiny"), ByteTokenizer())
+  obj = train.make_objective(shapes_caption.get_config("tiny"))
   return iter(pipeline.train_dataset(
       _fake_source(), [(obj.train_example, 1.0)], seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=2, on_bad_example=on_bad_example))
@@ -210,7 +209,7 @@ def test_bad_example_is_a_clear_error_when_configured():
 
 
 def test_only_bad_examples_is_an_error_not_a_hang():
-  obj = train.make_objective(shapes_caption.get_config("tiny"), ByteTokenizer())
+  obj = train.make_objective(shapes_caption.get_config("tiny"))
   it = iter(pipeline.train_dataset(
       [_example(0, caption=b"")], [(obj.train_example, 1.0)], seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=0))
@@ -219,7 +218,7 @@ def test_only_bad_examples_is_an_error_not_a_hang():
 
 
 def test_bad_eval_examples_are_left_out_of_fixed_size_batches():
-  obj = train.make_objective(shapes_caption.get_config("tiny"), ByteTokenizer())
+  obj = train.make_objective(shapes_caption.get_config("tiny"))
   batches = list(pipeline.eval_batches(_fake_source(), obj.eval_items, num_examples=16,
                                        batch_size=5))
   # A caption item's info is its example; each row names the example's index in the source.
@@ -261,15 +260,15 @@ def _toy_batch(image_value: float) -> dict:
 def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   config = shapes_caption.get_config("tiny")
   config.optimizer.learning_rate = 1e-2
-  model = _Toy()
+  model, objective = _Toy(), train.make_objective(config)
   tx, schedule = make_optimizer(config.optimizer, 10)
   batch = _toy_batch(0.0)
   params = model.init(jax.random.PRNGKey(0), *(batch[k] for k in ("image", "text", "ar_mask",
                                                                    "input_mask")))["params"]
   state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                           rng=jax.random.PRNGKey(1),
+                           model_state={}, rng=jax.random.PRNGKey(1),
                            counters={k: jnp.int32(0) for k in train.COUNTERS})
-  good_step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True,
+  good_step = jax.jit(train.make_train_step(objective, model, tx, schedule, deterministic=True,
                                             skip_nonfinite=True))
   state, metrics = good_step(state, batch)
   assert bool(metrics["finite"])
@@ -278,7 +277,8 @@ def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   # A NaN image (NaN loss and gradients) or a NaN learning rate (finite gradients, NaN update).
   config.optimizer.learning_rate = learning_rate
   tx_bad, schedule_bad = make_optimizer(config.optimizer, 10)
-  bad_step = jax.jit(train.make_train_step(model, tx_bad, schedule_bad, deterministic=True,
+  bad_step = jax.jit(train.make_train_step(objective, model, tx_bad, schedule_bad,
+                                           deterministic=True,
                                            skip_nonfinite=True))
   new, metrics = bad_step(state, _toy_batch(bad_image))
   assert not bool(metrics["finite"])

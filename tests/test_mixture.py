@@ -23,7 +23,7 @@ def _objective(caption_weight=1.0, vqa_weight=1.0):
   c = shapes_multitask.get_config("tiny")
   c.objective.mixture.caption.weight = caption_weight
   c.objective.mixture.vqa.weight = vqa_weight
-  return train.make_objective(c, ByteTokenizer())
+  return train.make_objective(c)
 
 
 def _train_iter(source, objective):
@@ -37,7 +37,7 @@ def test_multitask_config_builds_parts_with_one_row_length():
   assert objective.weights == dict(caption=1.0, vqa=1.0)
   assert {name: part.max_text_len for name, part in objective.parts.items()} == dict(
       caption=124, vqa=124)
-  short_vqa = train.make_objective(shapes_vqa.get_config("tiny"), ByteTokenizer())
+  short_vqa = train.make_objective(shapes_vqa.get_config("tiny"))
   with pytest.raises(ValueError, match="share max_text_len"):
     mixture.MixtureObjective(dict(caption=objective.parts["caption"], vqa=short_vqa),
                              dict(caption=1.0, vqa=1.0))
@@ -76,7 +76,8 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
   monkeypatch.setattr(decode, "greedy_decode", always_yes)
   source = tiny_sources["validation"]
   metrics, records = evaluator.evaluate_split(
-      objective=_objective(), model=None, params=None, source=source, split="validation",
+      objective=_objective(), model=None, params=None, model_state=None, source=source,
+      split="validation",
       num_examples=4, batch_size=8, mesh=sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1)),
       out_dir=str(tmp_path), step=0)
   answers = [a for i in range(4) for a in source[i]["answers"]]

@@ -8,7 +8,6 @@ import pytest
 from configs import shapes_caption
 from gpt4v_jax import checkpoint, sharding, train
 from gpt4v_jax.data import pipeline, shapes
-from gpt4v_jax.data.tokenizer import ByteTokenizer
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -23,7 +22,7 @@ def _tiny_config(data_dir=None):
 def _random_batch(config, seed=0):
   """A batch of random images and real caption rows (no dataset needed)."""
   rng = np.random.default_rng(seed)
-  obj = train.make_objective(config, ByteTokenizer())
+  obj = train.make_objective(config)
   rows = []
   for i in range(config.data.global_batch_size):
     ex = dict(image=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
@@ -38,9 +37,10 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
   model = build_model(config.model)
   tx, schedule = make_optimizer(config.optimizer, config.train.steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    init, _, shardings = train.sharded_state_init(config, model, tx, mesh, max_text_len)
+    obj = train.make_objective(config)
+    init, _, shardings = train.sharded_state_init(config, obj, model, tx, mesh)
     bs = sharding.batch_sharding(mesh)
-    step = jax.jit(train.make_train_step(model, tx, schedule, deterministic=True,
+    step = jax.jit(train.make_train_step(obj, model, tx, schedule, deterministic=True,
                                          skip_nonfinite=False),
                    in_shardings=(shardings, bs), out_shardings=(shardings, None),
                    donate_argnums=0)
@@ -93,7 +93,7 @@ def _train_iter(sources, obj, seed=0):
 
 
 def test_pipeline_is_deterministic_and_reshuffles_epochs(tiny_sources):
-  obj = train.make_objective(_tiny_config(), ByteTokenizer())
+  obj = train.make_objective(_tiny_config())
   a, b = _train_iter(tiny_sources, obj), _train_iter(tiny_sources, obj)
   batches_a = [next(a) for _ in range(40)]  # 320 examples: more than one epoch of 256.
   for x, y in zip(batches_a, [next(b) for _ in range(40)]):
@@ -113,7 +113,7 @@ def test_pipeline_is_deterministic_and_reshuffles_epochs(tiny_sources):
 
 def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources, tmp_path):
   config = _tiny_config()
-  obj = train.make_objective(config, ByteTokenizer())
+  obj = train.make_objective(config)
   model = build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
 
@@ -121,7 +121,7 @@ def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources
     config.mesh.update(**mesh_sizes)
     mesh = sharding.make_mesh(config.mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-      return train.sharded_state_init(config, model, tx, mesh, obj.max_text_len)
+      return train.sharded_state_init(config, obj, model, tx, mesh)
 
   init, _, _ = setup(dict(data=8, fsdp=1, tensor=1))
   state = init()

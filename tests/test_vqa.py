@@ -13,7 +13,7 @@ from gpt4v_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_IDS, ByteToken
 
 @pytest.fixture(scope="module")
 def obj():
-  return train.make_objective(shapes_vqa.get_config(), ByteTokenizer())
+  return train.make_objective(shapes_vqa.get_config())
 
 
 def _example(**overrides) -> dict:

@@ -1,5 +1,5 @@
-"""Runs an objective's evaluation on one split: batch its eval items, decode greedily, score,
-write JSON."""
+"""Runs an objective's evaluation on one split: batch its eval items, predict (decode text,
+reconstruct or generate images), score, write JSON (and a PNG grid of image predictions)."""
 import functools
 import json
 import os
@@ -8,21 +8,26 @@ from typing import Any
 
 import jax
 import numpy as np
+import PIL.Image
 from jax.experimental import multihost_utils
 
-from gpt4v_jax import decode, sharding
+from gpt4v_jax import sharding
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.objectives.mixture import MixtureObjective
 
 
-def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, split: str,
-                   num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
+def evaluate_split(*, objective: Any, model: Any, params: Any, model_state: Any, source: Any,
+                   split: str, num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
                    out_dir: str | None = None, step: int | None = None,
                    on_bad_example: str = "skip") -> tuple[dict, list]:
-  """Greedy-decodes the eval items of the first `num_examples` of `source` and scores them.
+  """Predicts the eval items of the first `num_examples` of `source` and scores them.
 
   `objective.eval_items(example)` gives each example's items (one per caption example, one
-  per question for VQA), `objective.score(infos, predictions)` the metrics and records. A
+  per question for VQA), `objective.predict(model, params, model_state, inputs)` a batch of
+  outputs, `objective.to_predictions(outputs)` one prediction per item (a text, an image),
+  `objective.score(infos, predictions)` the metrics and records. An objective with a
+  `sample_grid(infos, predictions)` (images) gets it saved as
+  `{out_dir}/samples_{split}_step{step}.png`. A
   MixtureObjective evaluates each of its parts in turn, metrics prefixed with the part's name
   ("caption/object_f1", "vqa/accuracy") and records tagged with it (`task`).
   Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
@@ -30,17 +35,21 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
   """
   start = time.perf_counter()
   evaluate = functools.partial(
-      _decode_and_score, model=model, params=params, source=source,
+      _predict_and_score, model=model, params=params, model_state=model_state, source=source,
       num_examples=num_examples, batch_size=batch_size, mesh=mesh,
       on_bad_example=on_bad_example)
   if isinstance(objective, MixtureObjective):
     metrics, records = {}, []
     for name, part in objective.parts.items():
-      part_metrics, part_records = evaluate(part)
+      part_metrics, part_records, _ = evaluate(part)
       metrics.update({f"{name}/{k}": v for k, v in part_metrics.items()})
       records += [dict(task=name, **r) for r in part_records]
   else:
-    metrics, records = evaluate(objective)
+    metrics, records, grid = evaluate(objective)
+    if grid is not None and out_dir is not None and jax.process_index() == 0:
+      path = os.path.join(out_dir, f"samples_{split}_step{step}.png")
+      PIL.Image.fromarray(grid).save(path + ".tmp.png")
+      os.replace(path + ".tmp.png", path)
   metrics["seconds"] = time.perf_counter() - start
   if out_dir is not None and jax.process_index() == 0:
     path = os.path.join(out_dir, f"eval_{split}_step{step}.json")
@@ -50,13 +59,15 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, source: Any, spli
   return metrics, records
 
 
-def _decode_and_score(objective: Any, *, model: Any, params: Any, source: Any,
-                      num_examples: int, batch_size: int, mesh: jax.sharding.Mesh,
-                      on_bad_example: str) -> tuple[dict, list]:
-  """evaluate_split's work for one single objective, without timing or writing.
+def _predict_and_score(objective: Any, *, model: Any, params: Any, model_state: Any,
+                       source: Any, num_examples: int, batch_size: int,
+                       mesh: jax.sharding.Mesh, on_bad_example: str
+                       ) -> tuple[dict, list, np.ndarray | None]:
+  """evaluate_split's work for one single objective, without timing or writing: (metrics,
+  records, sample grid or None).
 
   Every process walks the same batches and feeds its own slice of each to the global array,
-  so the decode is sharded like training; predictions are gathered back to every host.
+  so prediction is sharded like training; outputs are gathered back to every host.
   """
   batch_sharding = sharding.batch_sharding(mesh)
   pid, nproc = jax.process_index(), jax.process_count()
@@ -66,16 +77,15 @@ def _decode_and_score(objective: Any, *, model: Any, params: Any, source: Any,
                                             on_bad_example=on_bad_example):
     local = jax.tree.map(lambda x: np.array_split(x, nproc)[pid], batch)
     inputs = sharding.to_global(local, batch_sharding)
-    tokens = decode.greedy_decode(
-        model, params, inputs["image"], inputs["prompt"], inputs["prompt_mask"],
-        max_new_tokens=objective.max_new_tokens, eos_id=objective.tokenizer.eos_id,
-        pad_id=objective.tokenizer.pad_id)
-    tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    predictions += [objective.tokenizer.decode(t) for t in tokens[:len(items)]]
+    outputs = objective.predict(model, params, model_state, inputs)
+    outputs = jax.tree.map(np.asarray, multihost_utils.process_allgather(outputs, tiled=True))
+    predictions += objective.to_predictions(jax.tree.map(lambda x: x[:len(items)], outputs))
     infos += [info for _, info in items]
     kept.update(i for i, _ in items)
   metrics, records = objective.score(infos, predictions)
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics["num_examples"] = len(kept)
   metrics["skipped_examples"] = min(num_examples, len(source)) - len(kept)
-  return metrics, records
+  grid = (objective.sample_grid(infos, predictions) if hasattr(objective, "sample_grid")
+          else None)
+  return metrics, records, grid

@@ -57,6 +57,11 @@ def _num_halvings(downsample):
   return n
 
 
+def _width(channels, min_channels, k):
+  """Conv width k halvings above the latent grid: channels / 2^k, floored."""
+  return max(channels // 2 ** k, min_channels)
+
+
 class ResBlock(nn.Module):
   """x + conv1x1(relu(conv3x3(relu(x)))), the original VQ-VAE block."""
   dtype: jnp.dtype = jnp.float32
@@ -72,9 +77,11 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
   """Images -> latent grid: stride-2 4x4 convs, a 3x3 conv, residual blocks.
 
-  Channels double with each halving and reach `channels` at the grid.
+  Channels double with each halving (from at least min_channels) and reach
+  `channels` at the grid.
   """
   channels: int
+  min_channels: int
   num_res_blocks: int
   downsample: int
   code_dim: int
@@ -86,8 +93,8 @@ class Encoder(nn.Module):
     n = _num_halvings(self.downsample)
     x = images.astype(self.dtype)
     for i in range(n):
-      x = _conv(self.channels // 2 ** (n - 1 - i), 4, 2, self.dtype,
-                f"down_{i}")(x)
+      x = _conv(_width(self.channels, self.min_channels, n - 1 - i), 4, 2,
+                self.dtype, f"down_{i}")(x)
       x = nn.relu(x)
     x = _conv(self.channels, 3, 1, self.dtype, "conv_mid")(x)
     for i in range(self.num_res_blocks):
@@ -104,6 +111,7 @@ class Decoder(nn.Module):
   transposed convs on a zero-dilated input.
   """
   channels: int
+  min_channels: int
   num_res_blocks: int
   downsample: int
   dtype: jnp.dtype = jnp.float32
@@ -118,8 +126,8 @@ class Decoder(nn.Module):
       x = ResBlock(self.dtype, name=f"res_{i}")(x)
     for i in range(n):
       x = nn.relu(x)
-      x = _conv(4 * (self.channels // 2 ** (i + 1)), 3, 1, self.dtype,
-                f"up_{i}")(x)
+      x = _conv(4 * _width(self.channels, self.min_channels, i + 1), 3, 1,
+                self.dtype, f"up_{i}")(x)
       x = _depth_to_space(x)
     x = _conv(3, 3, 1, self.dtype, "to_rgb")(nn.relu(x))
     return x.astype(jnp.float32)
@@ -329,7 +337,8 @@ class VQVAE(nn.Module):
   """Encoder, vector quantiser and decoder for 64x64 RGB images.
 
   Attributes:
-    channels: conv width at the latent grid (halved per upsampling layer).
+    channels: conv width at the latent grid, halved per upsampling layer...
+    min_channels: ...down to this width at most.
     num_res_blocks: residual blocks in the encoder and in the decoder.
     downsample: 8 -> 8x8 codes per image, 4 -> 16x16.
     num_codes, code_dim, codebook_update, decay, epsilon,
@@ -337,6 +346,7 @@ class VQVAE(nn.Module):
     dtype: conv compute dtype; params, quantisation and outputs are float32.
   """
   channels: int = 64
+  min_channels: int = 8
   num_res_blocks: int = 2
   downsample: int = 8
   num_codes: int = 512
@@ -348,13 +358,14 @@ class VQVAE(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.encoder = Encoder(self.channels, self.num_res_blocks, self.downsample,
-                           self.code_dim, self.dtype)
+    self.encoder = Encoder(self.channels, self.min_channels,
+                           self.num_res_blocks, self.downsample, self.code_dim,
+                           self.dtype)
     self.quantizer = VectorQuantizer(
         self.num_codes, self.code_dim, self.codebook_update, self.decay,
         self.epsilon, self.dead_code_threshold)
-    self.decoder = Decoder(self.channels, self.num_res_blocks, self.downsample,
-                           self.dtype)
+    self.decoder = Decoder(self.channels, self.min_channels,
+                           self.num_res_blocks, self.downsample, self.dtype)
 
   def __call__(self, images, train=False):
     """[B, 64, 64, 3] in [-1, 1] -> (reconstruction [B, 64, 64, 3], aux).

@@ -18,7 +18,7 @@ def _text(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-class CaptionObjective:
+class CaptionObjective(prefix_lm.PrefixLMObjective):
   """How a shapes example becomes a caption training row, a decoding prompt, and a score."""
   name = "caption"
 

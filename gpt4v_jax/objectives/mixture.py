@@ -8,9 +8,12 @@ metrics prefixed with the part's name ("caption/object_f1", "vqa/accuracy").
 """
 from typing import Any, Callable
 
+from gpt4v_jax.objectives.prefix_lm import PrefixLMObjective
 
-class MixtureObjective:
-  """Named objectives (each with the single-objective interface) and their mixing weights."""
+
+class MixtureObjective(PrefixLMObjective):
+  """Named prefix-LM objectives and their mixing weights. Model, batch layout and loss are
+  the parts' common ones; the evaluator evaluates each part on its own."""
   name = "mixture"
 
   def __init__(self, parts: dict[str, Any], weights: dict[str, float]):
@@ -19,6 +22,7 @@ class MixtureObjective:
       raise ValueError("Mixed objectives must share max_text_len, got "
                        f"{ {name: part.max_text_len for name, part in parts.items()} }.")
     (self.max_text_len,) = lengths
+    self.tokenizer = next(iter(parts.values())).tokenizer
     self.parts = parts
     self.weights = weights
 

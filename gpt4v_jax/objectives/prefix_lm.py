@@ -7,10 +7,19 @@ One text row of length `max_len` is laid out as
   loss:  predicts the next token only where that next token is target or EOS.
 
 The image tokens come before the text inside the model and are prefix too.
+
+`PrefixLMObjective` is what every such objective shares with the train loop and the
+evaluator: the GPT4V model, the batch layout, the loss, greedy decoding of predictions.
 """
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gpt4v_jax import decode
+from gpt4v_jax.data import shapes
+from gpt4v_jax.models.gpt4v import build_model
 
 
 def make_row(prompt_ids: list[int], target_ids: list[int], *, bos_id: int, eos_id: int,
@@ -63,3 +72,56 @@ def next_token_loss(logits: jax.Array, targets: jax.Array,
   loss = (nll * loss_mask).sum() / num_tokens
   correct = (jnp.argmax(logits, -1) == targets) * loss_mask
   return loss, dict(token_accuracy=correct.sum() / num_tokens, target_tokens=loss_mask.sum())
+
+
+class PrefixLMObjective:
+  """The train loop's and evaluator's interface, for objectives that predict tokens after an
+  image and a prompt with `GPT4V`. A subclass sets `name`, `tokenizer`, `max_text_len`,
+  `prompt_len` and `max_new_tokens`, and defines `train_example` (data-source example -> one
+  row of `batch_spec`'s fields), `eval_items` (example -> [(decode inputs, info)]) and `score`
+  (infos, predictions -> metrics, records).
+  """
+  log_keys = ("token_accuracy",)  # Train metrics printed beside the loss.
+
+  def build_model(self, model_config) -> Any:
+    return build_model(model_config)
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of one training batch: `train_example`'s rows stacked, plus the pipeline's
+    `skipped`."""
+    b, t, s = batch_size, self.max_text_len, shapes.IMAGE_SIZE
+    return dict(image=jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+                truncated=jax.ShapeDtypeStruct((b,), jnp.int32),
+                skipped=jax.ShapeDtypeStruct((b,), jnp.int32),
+                text=jax.ShapeDtypeStruct((b, t), jnp.int32),
+                ar_mask=jax.ShapeDtypeStruct((b, t), jnp.int32),
+                input_mask=jax.ShapeDtypeStruct((b, t), jnp.bool_),
+                targets=jax.ShapeDtypeStruct((b, t), jnp.int32),
+                loss_mask=jax.ShapeDtypeStruct((b, t), jnp.float32))
+
+  def init_variables(self, model, rng: jax.Array) -> dict:
+    """The model's variables (boxed, with logical axis names), from dummy inputs."""
+    t, s = self.max_text_len, shapes.IMAGE_SIZE
+    return model.init({"params": rng}, jnp.zeros((1, s, s, 3)), jnp.zeros((1, t), jnp.int32),
+                      jnp.zeros((1, t), jnp.int32), jnp.ones((1, t), bool))
+
+  def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
+           deterministic: bool) -> tuple[jax.Array, dict, dict]:
+    """(mean next-token loss over target tokens, metrics, model_state unchanged)."""
+    logits = model.apply({"params": params}, batch["image"], batch["text"], batch["ar_mask"],
+                         batch["input_mask"], deterministic=deterministic,
+                         rngs={"dropout": rng})
+    loss, aux = next_token_loss(logits, batch["targets"], batch["loss_mask"])
+    return loss, aux, model_state
+
+  def predict(self, model, params, model_state: dict, inputs: dict) -> jax.Array:
+    """Greedy continuations of `eval_items`' inputs: [batch, max_new_tokens] int32."""
+    del model_state
+    t = self.tokenizer
+    return decode.greedy_decode(model, params, inputs["image"], inputs["prompt"],
+                                inputs["prompt_mask"], max_new_tokens=self.max_new_tokens,
+                                eos_id=t.eos_id, pad_id=t.pad_id)
+
+  def to_predictions(self, outputs: np.ndarray) -> list[str]:
+    """`predict`'s outputs, gathered to the host -> what `score` takes: one text per row."""
+    return [self.tokenizer.decode(row) for row in outputs]

@@ -18,7 +18,7 @@ from gpt4v_jax.evals import vqa_metrics
 from gpt4v_jax.objectives import prefix_lm
 
 
-class VQAObjective:
+class VQAObjective(prefix_lm.PrefixLMObjective):
   """How a shapes example becomes a question-answering training row, one decoding prompt per
   question, and a score."""
   name = "vqa"
