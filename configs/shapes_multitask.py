@@ -1,24 +1,34 @@
-"""Captioning and VQA trained together, one model and one loop, on the embedded `shapes` dataset.
+"""Captioning, VQA and text-to-image trained together: one model, one loop, on the embedded
+`shapes` dataset.
 
+  python -m gpt4v_jax.main --config=configs/shapes_vqvae.py --workdir=workdirs/shapes_vqvae
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py --workdir=workdirs/multitask
-  python -m gpt4v_jax.main --config=configs/shapes_multitask.py:tiny --workdir=/tmp/t
+  python -m gpt4v_jax.main --config=configs/shapes_multitask.py:tiny --workdir=/tmp/t \
+      --config.objective.mixture.text_to_image.image_tokenizer=/tmp/vq_tiny
 
-Variants as in shapes_caption ("" or "tiny"). Everything but the objective is shapes_caption's,
-each part's own keys come from its single-task config, and the weights set how many rows of a
-batch each task gets. Another task joins as one more `mixture` entry (its kind and keys).
+Variants as in shapes_caption ("" or "tiny"). Everything but the objective and the vocabulary
+is shapes_caption's, each part's own keys come from its single-task config, and the weights
+set how many rows of a batch each task gets. Text-to-image needs the VQ-VAE run first, as in
+shapes_t2i.py.
 """
 import ml_collections
 
-from configs import shapes_caption, shapes_vqa
+from configs import shapes_caption, shapes_t2i, shapes_vqa
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_caption.get_config(arg)
   caption, vqa = c.objective, shapes_vqa.get_config(arg).objective
-  # Every row has one layout and length, so it fits the longest task: a caption's 124 slots.
-  # A batch step then costs what a caption step costs.
+  t2i_config = shapes_t2i.get_config(arg)
+  t2i = dict(t2i_config.objective)
+  del t2i["kind"]
+  # Every row has one layout and length, so it fits the longest task's rows: text-to-image's
+  # [BOS][t2i] caption [BOI] 64 codes [EOI] (3 + 119 + 65 = 187 slots; tiny: 3 + 100 + 65).
+  max_text_len = 3 + t2i["max_caption_len"] + 65
   c.objective = dict(
-      kind="mixture", max_text_len=caption.max_text_len,
+      kind="mixture", max_text_len=max_text_len,
       mixture=dict(caption=dict(weight=1.0, prompt=caption.prompt),
-                   vqa=dict(weight=1.0, max_new_tokens=vqa.max_new_tokens)))
+                   vqa=dict(weight=1.0, max_new_tokens=vqa.max_new_tokens),
+                   text_to_image=dict(weight=1.0, **t2i)))
+  c.model.vocab_size = t2i_config.model.vocab_size
   return c

@@ -17,10 +17,11 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.skip_nonfinite_updates", "evals.",
                      "data.data_dir", "data.num_threads", "data.on_bad_example", "mesh.",
                      "sharding_rules")
-# The single text objectives train.make_objective builds; config.objective.kind may also be
-# "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}), or "vqvae"
-# (the image tokenizer, whose config.model is a VQVAE's).
-OBJECTIVE_KINDS = ("caption", "vqa")
+# The objectives of the GPT4V model that train.make_objective builds; config.objective.kind
+# may also be a "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}),
+# or "vqvae": the image tokenizer, whose config.model is a VQVAE's, and which text_to_image
+# needs (config.objective[.mixture.text_to_image].image_tokenizer names its run's workdir).
+OBJECTIVE_KINDS = ("caption", "vqa", "text_to_image")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -48,16 +49,42 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _check_language_model(config: ml_collections.ConfigDict) -> None:
-  if config.objective.max_text_len <= 0:
-    raise ValueError(f"config.objective.max_text_len={config.objective.max_text_len} must be "
+  objective = config.objective
+  if objective.get("max_text_len", 1) <= 0:  # text_to_image derives its own.
+    raise ValueError(f"config.objective.max_text_len={objective.max_text_len} must be "
                      "positive.")
   vocab = get_tokenizer(config.tokenizer).vocab_size
+  parts = objective.mixture if objective.kind == "mixture" else {objective.kind: objective}
+  prefix = "config.objective." + ("mixture.text_to_image." if objective.kind == "mixture"
+                                  else "")
+  if "text_to_image" in parts:
+    vocab += _image_tokenizer_codes(parts["text_to_image"].image_tokenizer, prefix)
   if config.model.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
-                     f"tokenizer's {vocab} ids.")
+                     f"{vocab} ids of the tokenizer" + (" and the image codes" if "text_to_image"
+                                                        in parts else "") + ".")
   if config.model.num_heads % config.model.num_kv_heads:
     raise ValueError(f"config.model.num_kv_heads={config.model.num_kv_heads} must divide "
                      f"config.model.num_heads={config.model.num_heads}.")
+
+
+def _image_tokenizer_codes(workdir: str, prefix: str) -> int:
+  """The codebook size of the finished vqvae run that text-to-image names (`{prefix}
+  image_tokenizer`); raises if there is none."""
+  key = prefix + "image_tokenizer"
+  train_it = (f"train one first: python -m gpt4v_jax.main --config=configs/shapes_vqvae.py "
+              f"--workdir={workdir}, or point {key} at the workdir of one")
+  saved_config = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.exists(saved_config) or not os.path.isdir(ckpt_dir) or not any(
+      name.isdigit() for name in os.listdir(ckpt_dir)):
+    raise ValueError(f"{key}={workdir!r} holds no VQ-VAE checkpoint; {train_it}.")
+  with open(saved_config) as f:
+    vq_config = json.load(f)
+  if vq_config["objective"]["kind"] != "vqvae":
+    raise ValueError(f"{key}={workdir!r} is a {vq_config['objective']['kind']!r} run, not a "
+                     f"VQ-VAE; {train_it}.")
+  return vq_config["model"]["num_codes"]
 
 
 def _check_objective(objective: ml_collections.ConfigDict) -> None:

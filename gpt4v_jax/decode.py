@@ -79,17 +79,18 @@ def greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
 
 
 def cached_steps(model, variables, images, prompt, prompt_mask,
-                 max_new_tokens):
+                 max_new_tokens, image_mask=None):
   """Prefills a KV cache; returns `token_loop`'s (first_logits, step_fn, carry).
 
   Args:
     model, images, prompt, prompt_mask, max_new_tokens: see `greedy_decode`.
     variables: {"params": unboxed params}.
+    image_mask: optional [batch] bool, see `GPT4V.__call__`.
   """
   # The last generated token is never fed back, hence the -1.
   max_len = model.num_image_tokens + prompt.shape[1] + max_new_tokens - 1
   logits, cache, state = model.apply(variables, images, prompt, prompt_mask,
-                                     max_len, method="prefill")
+                                     max_len, image_mask, method="prefill")
 
   def step_fn(prev, step, carry):
     del step  # The cache state tracks slots and positions itself.

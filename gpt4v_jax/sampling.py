@@ -122,7 +122,7 @@ def _pad_to(tokens, mask, length):
 def sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
            eos_id, pad_id=0, *, temperature=1.0, top_k=0, top_p=1.0,
            allowed_tokens=None, uncond_prompt=None, uncond_prompt_mask=None,
-           cfg_scale=1.0):
+           cfg_scale=1.0, image_mask=None):
   """Samples continuations of image + prompt with a KV cache.
 
   Args:
@@ -145,6 +145,8 @@ def sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
       guidance. The images are shared by both branches.
     uncond_prompt_mask: [batch, q] bool, required with uncond_prompt.
     cfg_scale: guidance scale, used only with uncond_prompt.
+    image_mask: optional [batch] bool; False hides the image (text-to-image),
+      see `GPT4V.__call__`. Default: all visible.
 
   Returns:
     [batch, max_new_tokens] int32.
@@ -156,15 +158,17 @@ def sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
   if allowed_tokens is None:
     # An all-True mask rather than a second compiled variant without one.
     allowed_tokens = jnp.ones(model.decoder.vocab_size, bool)
+  if image_mask is None:
+    image_mask = jnp.ones(images.shape[0], bool)
   return _sample(model, params, rng, images, prompt, prompt_mask,
                  max_new_tokens, eos_id, pad_id, settings, allowed_tokens,
-                 uncond_prompt, uncond_prompt_mask)
+                 uncond_prompt, uncond_prompt_mask, image_mask)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
             eos_id, pad_id, settings, allowed_tokens, uncond_prompt,
-            uncond_prompt_mask):
+            uncond_prompt_mask, image_mask):
   temperature, top_k, top_p, cfg_scale = settings
   variables = {"params": nn.unbox(params)}
 
@@ -174,7 +178,8 @@ def _sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
 
   if uncond_prompt is None:
     logits, step_fn, carry = decode.cached_steps(
-        model, variables, images, prompt, prompt_mask, max_new_tokens)
+        model, variables, images, prompt, prompt_mask, max_new_tokens,
+        image_mask)
     return decode.token_loop(logits, step_fn, carry, choose, max_new_tokens,
                              eos_id, pad_id)
 
@@ -184,7 +189,8 @@ def _sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
   logits, step_fn, carry = decode.cached_steps(
       model, variables, jnp.concatenate([images, images]),
       jnp.concatenate([cond[0], uncond[0]]),
-      jnp.concatenate([cond[1], uncond[1]]), max_new_tokens)
+      jnp.concatenate([cond[1], uncond[1]]), max_new_tokens,
+      jnp.concatenate([image_mask, image_mask]))
 
   def guided_step(prev, step, carry):
     # Both branches continue with the token chosen from the guided logits.

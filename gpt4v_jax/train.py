@@ -33,6 +33,7 @@ from gpt4v_jax.metric_writer import MetricWriter, log
 from gpt4v_jax.objectives import mixture
 from gpt4v_jax.objectives.caption import CaptionObjective
 from gpt4v_jax.objectives.image_tokenizer import VQVAEObjective
+from gpt4v_jax.objectives.text_to_image import TextToImageObjective
 from gpt4v_jax.objectives.vqa import VQAObjective
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -61,6 +62,9 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     caption  max_text_len, prompt
     vqa      max_text_len, max_new_tokens
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
+    text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
+             caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p (its
+             row length follows from max_caption_len and the tokenizer's grid)
     mixture  max_text_len (shared by every part: their rows share one layout), and
              mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
              mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))
@@ -70,14 +74,22 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     return VQVAEObjective(beta=c.beta, num_codes=config.model.num_codes)
   tokenizer = get_tokenizer(config.tokenizer)
   if c.kind != "mixture":
-    return _single_objective(c.kind, c, c.max_text_len, tokenizer)
-  parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer)
+    return _single_objective(c.kind, c, c.get("max_text_len"), tokenizer, config.seed)
+  parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer, config.seed)
            for kind, part in c.mixture.items()}
   return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()})
 
 
-def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int,
-                      tokenizer) -> Any:
+def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int | None,
+                      tokenizer, seed: int) -> Any:
+  if kind == "text_to_image":
+    vq_model, vq_variables = load_image_tokenizer(keys.image_tokenizer)
+    return TextToImageObjective(
+        tokenizer, vq_model=vq_model, vq_variables=vq_variables,
+        max_caption_len=keys.max_caption_len, caption_dropout=keys.caption_dropout,
+        cfg_scale=keys.cfg_scale, eval_cfg_scales=tuple(keys.eval_cfg_scales),
+        temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
+        max_text_len=max_text_len)
   if kind == "caption":
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
   if kind == "vqa":
@@ -86,13 +98,39 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
   raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 
-def sharded_state_init(config, objective, model, tx, mesh):
+def load_image_tokenizer(workdir: str) -> tuple[Any, dict]:
+  """(VQVAE, its variables as numpy arrays) of the newest readable checkpoint of the vqvae
+  run in `workdir` (config_checks.check has made sure there is one)."""
+  workdir = os.path.abspath(workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  objective = make_objective(config)
+  model = objective.build_model(config.model)
+  tx, _ = make_optimizer(config.optimizer, config.train.steps)
+  # Restored whole onto every device (it is small), whatever mesh its run used.
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    _, abstract, _ = sharded_state_init(config, objective, model, tx, mesh,
+                                        rules=sharding.DEFAULT_RULES)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1_000_000)
+  restored = ckpt.restore_latest(abstract, None)
+  ckpt.close()
+  if restored is None:
+    raise checkpoint.CheckpointError(f"No checkpoint of the image tokenizer in {workdir}.")
+  state, step = restored
+  log(f"Image tokenizer: step {step} of {workdir}.")
+  return model, jax.device_get({"params": state.params, **state.model_state})
+
+
+def sharded_state_init(config, objective, model, tx, mesh, rules=None):
   """Returns (init, abstract_state, shardings).
 
   The state is first traced abstractly (`jax.eval_shape`), its shardings derived from the
   params' logical axis names, then `init()` materialises it already sharded: no host ever
   holds the full state. `model_state` (small: codebooks, a frozen tokenizer) is replicated.
+  `rules`: the logical-axis rule table, config.sharding_rules unless given.
   """
+  rules = config.sharding_rules if rules is None else rules
 
   def init_boxed_variables(rng):
     return objective.init_variables(model, rng)
@@ -107,7 +145,7 @@ def sharded_state_init(config, objective, model, tx, mesh):
 
   key = jax.random.PRNGKey(config.seed)
   param_shardings = sharding.logical_to_shardings(
-      jax.eval_shape(init_boxed_variables, key)["params"], mesh, config.sharding_rules)
+      jax.eval_shape(init_boxed_variables, key)["params"], mesh, rules)
   abstract = jax.eval_shape(init_state, key)
   rep = sharding.replicated(mesh)
   # Optimizer moments are laid out like their params; counters are replicated.

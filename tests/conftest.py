@@ -49,3 +49,11 @@ def tiny_run(tmp_path_factory, run_main):
   `make train` passes it. Shared by several tests: copy the workdir before changing it."""
   cwd = tmp_path_factory.mktemp("tiny_run")
   return run_main("--workdir=run", cwd=cwd), cwd / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae_run(tmp_path_factory, run_main):
+  """(CompletedProcess, workdir) of one tiny VQ-VAE run (configs/shapes_vqvae.py:tiny), the
+  image tokenizer of the tiny text-to-image runs. Copy the workdir before changing it."""
+  workdir = tmp_path_factory.mktemp("tiny_vqvae") / "run"
+  return run_main(f"--workdir={workdir}", config="shapes_vqvae.py:tiny"), workdir

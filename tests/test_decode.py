@@ -44,9 +44,12 @@ def params(model, inputs):
   return variables["params"]  # Boxed: greedy_decode must unbox them itself.
 
 
-def test_prefill_and_steps_match_forward(model, params, inputs):
+@pytest.mark.parametrize("hide_images", [False, True])
+def test_prefill_and_steps_match_forward(model, params, inputs, hide_images):
+  """Also with some rows' images hidden (text-to-image): positions must still agree."""
   images, prompt, mask = inputs
   b, steps = prompt.shape[0], 4
+  image_mask = (jnp.arange(b) % 2 == 0) if hide_images else None
   variables = {"params": params}
   cont = jnp.asarray(np.random.default_rng(1).integers(1, VOCAB, (b, steps)),
                      jnp.int32)
@@ -60,14 +63,15 @@ def test_prefill_and_steps_match_forward(model, params, inputs):
     text[row, n:n + steps] = cont[row]
   full = jax.jit(model.apply)(variables, images, jnp.asarray(text),
                               idx >= lengths[:, None],
-                              idx < (lengths + steps)[:, None])
+                              idx < (lengths + steps)[:, None],
+                              image_mask=image_mask)
   rows = np.arange(b)
 
   max_len = model.num_image_tokens + PROMPT_LEN + steps
-  prefill = jax.jit(lambda *a: model.apply(variables, *a, max_len,
-                                           method="prefill"))
+  prefill = jax.jit(lambda images, prompt, mask, image_mask: model.apply(
+      variables, images, prompt, mask, max_len, image_mask, method="prefill"))
   step = jax.jit(lambda *a: model.apply(variables, *a, method="decode_step"))
-  logits, cache, state = prefill(images, prompt, mask)
+  logits, cache, state = prefill(images, prompt, mask, image_mask)
   np.testing.assert_allclose(logits, full[rows, lengths - 1], atol=1e-4)
   for i in range(steps):
     logits, cache, state = step(cont[:, i], cache, state)

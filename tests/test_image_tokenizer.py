@@ -1,5 +1,6 @@
 """The VQ-VAE objective: trained by the shared loop from its config, evaluated by the parser."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -50,9 +51,11 @@ def test_same_scene_tolerates_one_pixel_only():
   assert not image_tokenizer.same_scene(a, a[:1])
 
 
-def test_vqvae_config_trains_evaluates_and_resumes_through_main(tmp_path, run_main):
-  r = run_main(f"--workdir={tmp_path / 'vq'}", config="shapes_vqvae.py:tiny")
+def test_vqvae_config_trains_evaluates_and_resumes_through_main(tmp_path, run_main,
+                                                               tiny_vqvae_run):
+  r, workdir = tiny_vqvae_run
   assert r.returncode == 0, r.stderr[-3000:]
+  shutil.copytree(workdir, tmp_path / "vq")  # The shared run stays as it is.
   assert "step 6/6 loss=" in r.stdout and "psnr=" in r.stdout
   results = json.loads((tmp_path / "vq" / "results.json").read_text())
   assert {"psnr", "parser_agreement", "codebook_usage", "perplexity"} <= set(results["test"])

@@ -19,11 +19,24 @@ def tiny_sources(tiny_data_dir):
   return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
 
 
-def _objective(caption_weight=1.0, vqa_weight=1.0):
+@pytest.fixture(scope="module")
+def vq_workdir(tiny_vqvae_run):
+  r, workdir = tiny_vqvae_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(workdir)
+
+
+def _config(vq_workdir, caption_weight=1.0, vqa_weight=1.0, t2i_weight=1.0):
   c = shapes_multitask.get_config("tiny")
   c.objective.mixture.caption.weight = caption_weight
   c.objective.mixture.vqa.weight = vqa_weight
-  return train.make_objective(c)
+  c.objective.mixture.text_to_image.weight = t2i_weight
+  c.objective.mixture.text_to_image.image_tokenizer = vq_workdir
+  return c
+
+
+def _objective(vq_workdir, **weights):
+  return train.make_objective(_config(vq_workdir, **weights))
 
 
 def _train_iter(source, objective):
@@ -32,39 +45,45 @@ def _train_iter(source, objective):
       process_index=0, process_count=1, num_threads=2))
 
 
-def test_multitask_config_builds_parts_with_one_row_length():
-  objective = _objective()
-  assert objective.weights == dict(caption=1.0, vqa=1.0)
+def test_multitask_config_builds_parts_with_one_row_length(vq_workdir):
+  objective = _objective(vq_workdir)
+  assert objective.weights == dict(caption=1.0, vqa=1.0, text_to_image=1.0)
   assert {name: part.max_text_len for name, part in objective.parts.items()} == dict(
-      caption=124, vqa=124)
+      caption=168, vqa=168, text_to_image=168)
   short_vqa = train.make_objective(shapes_vqa.get_config("tiny"))
   with pytest.raises(ValueError, match="share max_text_len"):
     mixture.MixtureObjective(dict(caption=objective.parts["caption"], vqa=short_vqa),
                              dict(caption=1.0, vqa=1.0))
 
 
-def test_rows_come_in_the_configured_proportions(tiny_sources):
-  it = _train_iter(tiny_sources["train"], _objective(caption_weight=1.0, vqa_weight=3.0))
-  tasks = np.concatenate([next(it)["text"][:, 1] for _ in range(125)])  # 2,000 rows.
-  assert set(tasks) == {TASK_IDS["caption"], TASK_IDS["vqa"]}
-  n, p = len(tasks), 0.75
-  assert abs((tasks == TASK_IDS["vqa"]).sum() - n * p) < 4 * np.sqrt(n * p * (1 - p))
+def test_rows_come_in_the_configured_proportions(tiny_sources, vq_workdir):
+  it = _train_iter(tiny_sources["train"],
+                   _objective(vq_workdir, caption_weight=1.0, vqa_weight=3.0, t2i_weight=4.0))
+  batches = [next(it) for _ in range(125)]  # 2,000 rows.
+  tasks = np.concatenate([b["text"][:, 1] for b in batches])
+  code_start = np.concatenate([b["code_start"] for b in batches])
+  assert set(tasks) == {TASK_IDS["caption"], TASK_IDS["vqa"], TASK_IDS["text_to_image"]}
+  n = len(tasks)
+  for task, p in (("caption", 1 / 8), ("vqa", 3 / 8), ("text_to_image", 4 / 8)):
+    assert abs((tasks == TASK_IDS[task]).sum() - n * p) < 4 * np.sqrt(n * p * (1 - p)), task
+  # Only text-to-image rows have codes to fill in.
+  np.testing.assert_array_equal(code_start >= 0, tasks == TASK_IDS["text_to_image"])
 
 
-def test_mixture_iterator_resumes_to_the_identical_next_batch(tiny_sources):
-  it = _train_iter(tiny_sources["train"], _objective())
+def test_mixture_iterator_resumes_to_the_identical_next_batch(tiny_sources, vq_workdir):
+  it = _train_iter(tiny_sources["train"], _objective(vq_workdir))
   for _ in range(3):
     next(it)
   state = json.loads(json.dumps(it.get_state()))  # As the checkpoint stores it.
   want = [next(it) for _ in range(2)]
-  resumed = _train_iter(tiny_sources["train"], _objective())
+  resumed = _train_iter(tiny_sources["train"], _objective(vq_workdir))
   resumed.set_state(state)
   for w in want:
     jax.tree.map(np.testing.assert_array_equal, next(resumed), w)
 
 
 def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
-                                                         monkeypatch):
+                                                         monkeypatch, vq_workdir):
   """A stand-in decoder answers "yes" to everything: the VQA accuracy is then exactly the
   share of questions whose answer is "yes"."""
 
@@ -75,8 +94,10 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
 
   monkeypatch.setattr(decode, "greedy_decode", always_yes)
   source = tiny_sources["validation"]
+  c = _config(vq_workdir)
+  del c.objective.mixture["text_to_image"]  # Its evaluation draws images: tested on its own.
   metrics, records = evaluator.evaluate_split(
-      objective=_objective(), model=None, params=None, model_state=None, source=source,
+      objective=train.make_objective(c), model=None, params=None, model_state=None, source=source,
       split="validation",
       num_examples=4, batch_size=8, mesh=sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1)),
       out_dir=str(tmp_path), step=0)
@@ -92,6 +113,8 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
 
 @pytest.mark.parametrize("change, message", [
     (dict(kind="ocr"), "config.objective.kind='ocr'"),
+    (dict(mixture=dict(text_to_image=dict(weight=1.0, image_tokenizer="/no/such/run"))),
+     "config.objective.mixture.text_to_image.image_tokenizer='/no/such/run' holds no VQ-VAE"),
     (dict(mixture=dict(ocr=dict(weight=1.0))), "config.objective.mixture.ocr: not an objective"),
     (dict(mixture=dict(vqa=dict(weight=0.0, max_new_tokens=9))),
      r"config.objective.mixture.vqa.weight=0.0 must be positive"),

@@ -240,6 +240,17 @@ def test_padding_is_not_attended(variables, apply):
   np.testing.assert_allclose(out[3, :-3], base[3, :-3], atol=1e-6)
 
 
+def test_hidden_images_do_not_affect_text(variables, apply):
+  images, text, ar_mask, input_mask = make_batch()
+  hidden = jnp.zeros(images.shape[0], bool)
+  base = apply(variables, images, text, ar_mask, input_mask, image_mask=hidden)
+  out = apply(variables, -images, text, ar_mask, input_mask, image_mask=hidden)
+  # Padded positions attend to nothing: their outputs are meaningless.
+  np.testing.assert_allclose(out[input_mask], base[input_mask], atol=1e-6)
+  visible = apply(variables, images, text, ar_mask, input_mask)
+  assert not np.allclose(visible, base, atol=1e-4)
+
+
 @pytest.mark.parametrize("num_kv_heads", [1, 2, 4])
 def test_gqa(num_kv_heads):
   # A one-block decoder keeps the three compiles cheap.

@@ -13,6 +13,8 @@ def test_byte_round_trip_and_specials():
   # Decoding stops at EOS and skips PAD/BOS.
   assert t.decode([t.bos_id] + ids + [t.eos_id] + t.encode("junk")) == text
   assert t.decode(np.array([t.pad_id] + ids, np.int32)) == text
+  # Ids past the tokenizer's (vocabulary padding, image codes) are dropped, not a crash.
+  assert t.decode(ids[:2] + [t.vocab_size, 383] + ids[2:]) == text
 
 
 def test_sentencepiece_satisfies_the_interface(tmp_path):

@@ -15,6 +15,9 @@ NUM_RESERVED = 16  # Ids below this are special; room for task and image tokens.
 # The first prompt token names the task, so one decoder can serve several objectives with a
 # one-token prompt (cheaper than spelling "caption:" in bytes).
 TASK_IDS = {"caption": 3, "vqa": 4, "text_to_image": 5}
+# Begin and end of an image's code tokens (text-to-image); the codes themselves take the ids
+# after the tokenizer's own pieces.
+BOI_ID, EOI_ID = 6, 7
 
 
 class Tokenizer(Protocol):
@@ -31,13 +34,15 @@ class Tokenizer(Protocol):
     """Piece ids -> text; stops at the first EOS, skips other special ids."""
 
 
-def _own_pieces(ids: Sequence[int]) -> list[int]:
-  """Ids up to the first EOS, special ids dropped, shifted back to the tokenizer's own range."""
+def _own_pieces(ids: Sequence[int], vocab_size: int) -> list[int]:
+  """Ids up to the first EOS, shifted back to the tokenizer's own range. Special ids are
+  dropped, and so are ids past the tokenizer's (a model's vocabulary is padded, and holds
+  image codes for text-to-image): a decoder may emit them."""
   pieces = []
   for i in map(int, ids):
     if i == EOS_ID:
       break
-    if i >= NUM_RESERVED:
+    if NUM_RESERVED <= i < vocab_size:
       pieces.append(i - NUM_RESERVED)
   return pieces
 
@@ -51,7 +56,7 @@ class ByteTokenizer:
     return [b + NUM_RESERVED for b in text.encode("utf-8")]
 
   def decode(self, ids: Sequence[int]) -> str:
-    return bytes(_own_pieces(ids)).decode("utf-8", errors="replace")
+    return bytes(_own_pieces(ids, self.vocab_size)).decode("utf-8", errors="replace")
 
 
 class SentencePieceTokenizer:
@@ -71,7 +76,7 @@ class SentencePieceTokenizer:
     return [i + NUM_RESERVED for i in self._sp.encode(text)]
 
   def decode(self, ids: Sequence[int]) -> str:
-    return self._sp.decode(_own_pieces(ids))
+    return self._sp.decode(_own_pieces(ids, self.vocab_size))
 
 
 def get_tokenizer(spec: str) -> Tokenizer:

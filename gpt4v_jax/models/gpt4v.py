@@ -53,7 +53,8 @@ class GPT4V(nn.Module):
     """[batch, H, W, 3] in [-1, 1] -> [batch, num_image_tokens, width]."""
     return self.projector(self.vit(images, deterministic))
 
-  def __call__(self, images, text, ar_mask, input_mask, deterministic=True):
+  def __call__(self, images, text, ar_mask, input_mask, deterministic=True,
+               image_mask=None):
     """Teacher-forced forward pass.
 
     Args:
@@ -62,6 +63,10 @@ class GPT4V(nn.Module):
       ar_mask: [batch, t] int/bool; 0 = prefix (prompt), 1 = causal (target).
       input_mask: [batch, t] bool, False at padding.
       deterministic: disables dropout.
+      image_mask: optional [batch] bool; False hides that example's image
+        tokens from every query (text-to-image rows, where the image is the
+        answer). They keep their slots and positions, so text positions do
+        not depend on it. Default: all visible.
 
     Returns:
       [batch, t, vocab] float32 logits at the text positions; logits at
@@ -74,14 +79,14 @@ class GPT4V(nn.Module):
     ar_mask = jnp.concatenate(
         [jnp.zeros((b, n), jnp.int32), ar_mask.astype(jnp.int32)], axis=1)
     input_mask = jnp.concatenate(
-        [jnp.ones((b, n), bool), input_mask.astype(bool)], axis=1)
+        [_image_valid(image_mask, b, n), input_mask.astype(bool)], axis=1)
     positions = jnp.broadcast_to(jnp.arange(n + t), (b, n + t))
     logits, _ = self.decoder(x, positions,
                              prefix_lm_mask(ar_mask, input_mask),
                              deterministic=deterministic)
     return logits[:, n:]
 
-  def prefill(self, images, prompt, prompt_mask, max_len):
+  def prefill(self, images, prompt, prompt_mask, max_len, image_mask=None):
     """Encodes [image tokens, prompt] into a fresh cache of max_len slots.
 
     Args:
@@ -89,6 +94,7 @@ class GPT4V(nn.Module):
       prompt: [batch, p] int32, right-padded.
       prompt_mask: [batch, p] bool, False at padding.
       max_len: static int >= num_image_tokens + p; slots for decoded tokens.
+      image_mask: optional [batch] bool, see `__call__`.
 
     Returns:
       (logits [batch, vocab] float32 at each example's last valid prefix
@@ -104,8 +110,8 @@ class GPT4V(nn.Module):
                        "tokens.")
     x = jnp.concatenate(
         [self.encode_images(images), self.decoder.embed(prompt)], axis=1)
-    valid = jnp.concatenate([jnp.ones((b, n), bool), prompt_mask.astype(bool)],
-                            axis=1)
+    valid = jnp.concatenate(
+        [_image_valid(image_mask, b, n), prompt_mask.astype(bool)], axis=1)
     # The whole prefix is ar=0: full attention among valid tokens.
     mask = prefix_lm_mask(jnp.zeros((b, n + p), jnp.int32), valid)
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, max_len - n - p)))
@@ -113,7 +119,8 @@ class GPT4V(nn.Module):
     logits, cache = self.decoder(x, positions, mask,
                                  cache=self.decoder.init_cache(b, max_len),
                                  cache_index=jnp.int32(0))
-    lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
+    # Image slots count even when hidden, as in `__call__`.
+    lengths = n + jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
     state = dict(index=jnp.int32(n + p),
                  positions=lengths,
                  visible=jnp.pad(valid, ((0, 0), (0, max_len - n - p))))
@@ -139,6 +146,13 @@ class GPT4V(nn.Module):
     state = dict(index=index + 1, positions=state["positions"] + 1,
                  visible=visible)
     return logits[:, 0], cache, state
+
+
+def _image_valid(image_mask, batch, n):
+  """[batch, n] bool: which image-token slots are visible."""
+  if image_mask is None:
+    return jnp.ones((batch, n), bool)
+  return jnp.broadcast_to(image_mask.astype(bool)[:, None], (batch, n))
 
 
 def build_model(cfg):

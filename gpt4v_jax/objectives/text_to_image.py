@@ -1,0 +1,196 @@
+"""Text-to-image: the decoder writes an image as VQ-VAE code tokens after its caption.
+
+  [BOS][t2i][caption bytes...][BOI] [code_1 ... code_hw][EOI] [PAD]...
+  prefix: full attention            causal; the loss is on the codes and EOI
+
+The image is the answer, so the model does not see it: its image-token slots are hidden
+(`GPT4V(image_mask=...)`). The codes come from a frozen VQ-VAE (`configs/shapes_vqvae.py`,
+trained first) run inside the jitted train step, so the data pipeline stays numpy; its
+variables are part of the train state (`model_state["image_tokenizer"]`), so a text-to-image
+checkpoint holds everything needed to draw. Code k is token `tokenizer.vocab_size + k`.
+
+Caption dropout (the caption is left out of a row with probability `caption_dropout`) teaches
+the same model unconditional generation, which classifier-free guidance needs. Evaluation
+draws one image per test caption at each guidance scale of `eval_cfg_scales` (the sampling
+settings are the config's; only code tokens are allowed), decodes the codes to pixels, parses
+them (`scene_parser`) and scores them against the caption's scene (`generation_accuracy`).
+"""
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt4v_jax import sampling
+from gpt4v_jax.data import shapes
+from gpt4v_jax.data.pipeline import BadExample, decode_image, decode_text, image_to_float
+from gpt4v_jax.data.tokenizer import BOI_ID, EOI_ID, TASK_IDS, Tokenizer
+from gpt4v_jax.evals import scene_parser
+from gpt4v_jax.objectives import prefix_lm
+from gpt4v_jax.objectives.image_tokenizer import to_uint8
+
+
+class TextToImageObjective(prefix_lm.PrefixLMObjective):
+  """How a shapes example becomes a caption -> code-tokens row, a drawing prompt, a score."""
+  name = "text_to_image"
+
+  def __init__(self, tokenizer: Tokenizer, *, vq_model, vq_variables: dict,
+               max_caption_len: int, caption_dropout: float, cfg_scale: float,
+               eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
+               top_p: float, seed: int, max_text_len: int | None = None):
+    """max_text_len: the row length; by default the longest row's (a mixture passes its
+    own, which must be at least that)."""
+    self.tokenizer = tokenizer
+    self.vq_model, self.vq_variables = vq_model, vq_variables
+    side = shapes.IMAGE_SIZE // vq_model.downsample
+    self.num_codes, self.num_image_codes = vq_model.num_codes, side * side
+    self.code_offset = tokenizer.vocab_size
+    self.max_caption_len = max_caption_len
+    self.caption_dropout = caption_dropout
+    # The main scale first: its metrics are reported unprefixed.
+    self.cfg_scales = (cfg_scale,) + tuple(s for s in eval_cfg_scales if s != cfg_scale)
+    self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    self.seed = seed
+    # [BOS][t2i] caption [BOI] | codes [EOI]
+    self.prompt_len = 3 + max_caption_len
+    self.max_new_tokens = self.num_image_codes
+    needed = self.prompt_len + self.num_image_codes + 1
+    if max_text_len is not None and max_text_len < needed:
+      raise ValueError(f"max_text_len={max_text_len} is too short for text-to-image rows: "
+                       f"{needed} = 3 + max_caption_len={max_caption_len} + "
+                       f"{self.num_image_codes} codes + EOI.")
+    self.max_text_len = needed if max_text_len is None else max_text_len
+
+  def _prompt_ids(self, caption: str) -> tuple[list[int], bool]:
+    """(`[t2i] caption [BOI]` ids, whether the caption had to be cut to max_caption_len)."""
+    ids = self.tokenizer.encode(caption)
+    return [TASK_IDS["text_to_image"]] + ids[:self.max_caption_len] + [BOI_ID], (
+        len(ids) > self.max_caption_len)
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """prefix_lm's rows plus `code_start` [batch] int32: where the codes go in `text`."""
+    return dict(super().batch_spec(batch_size),
+                code_start=jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+
+  def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Data-source example -> a row whose code slots hold placeholders (filled in the train
+    step, from the image): {image, text/ar_mask/... [max_text_len], code_start, truncated}.
+
+    Raises BadExample for an image that does not decode or has the wrong size, and for a
+    missing, empty or non-UTF-8 caption.
+    """
+    image = decode_image(example["image"], shapes.IMAGE_SIZE)
+    captions = example["captions"]
+    if len(captions) == 0:
+      raise BadExample("no captions")
+    caption = decode_text(captions[rng.integers(len(captions))], "caption")
+    if rng.random() < self.caption_dropout:
+      caption = ""
+    prompt, truncated = self._prompt_ids(caption)
+    t = self.tokenizer
+    row, _ = prefix_lm.make_row(prompt, [0] * self.num_image_codes, bos_id=t.bos_id,
+                                eos_id=EOI_ID, pad_id=t.pad_id, max_len=self.max_text_len)
+    return dict(image=image_to_float(image), truncated=np.int32(truncated),
+                code_start=np.int32(1 + len(prompt)), **row)
+
+  def init_variables(self, model, rng: jax.Array) -> dict:
+    """The decoder's fresh variables, plus the frozen tokenizer's as `image_tokenizer`."""
+    return dict(super().init_variables(model, rng), image_tokenizer=self.vq_variables)
+
+  def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
+           deterministic: bool) -> tuple[jax.Array, dict, dict]:
+    """Encodes the images to codes, writes them into the rows, next-token loss with the
+    images hidden. In a mixture, rows of other tasks (code_start -1) keep their text and
+    their image."""
+    codes = self.vq_model.apply(model_state["image_tokenizer"], batch["image"],
+                                method="encode")
+    tokens = codes.reshape(codes.shape[0], -1) + self.code_offset
+    has_codes = batch["code_start"] >= 0
+    start = jnp.maximum(batch["code_start"], 1)
+    splice = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
+    text = jnp.where(has_codes[:, None], splice(batch["text"], tokens, start), batch["text"])
+    targets = jnp.where(has_codes[:, None], splice(batch["targets"], tokens, start - 1),
+                        batch["targets"])
+    logits = model.apply({"params": params}, batch["image"], text, batch["ar_mask"],
+                         batch["input_mask"], deterministic=deterministic,
+                         image_mask=~has_codes, rngs={"dropout": rng})
+    loss, aux = prefix_lm.next_token_loss(logits, targets, batch["loss_mask"])
+    return loss, aux, model_state
+
+  def eval_items(self, example: dict) -> list[tuple[dict[str, np.ndarray], dict]]:
+    """Data-source example -> its one item: ({prompt from the first caption, its mask,
+    uncond_prompt, uncond_mask, seed}, {id, caption, objects: the scene, left to right})."""
+    caption = decode_text(example["captions"][0], "caption")
+    t = self.tokenizer
+    prompt = prefix_lm.make_prompt(self._prompt_ids(caption)[0], bos_id=t.bos_id,
+                                   pad_id=t.pad_id, max_len=self.prompt_len)
+    uncond = prefix_lm.make_prompt(self._prompt_ids("")[0], bos_id=t.bos_id,
+                                   pad_id=t.pad_id, max_len=3)
+    objects = sorted(shapes.example_scene(example), key=lambda o: o["x"])
+    return [(dict(**prompt, uncond_prompt=uncond["prompt"],
+                  uncond_mask=uncond["prompt_mask"], seed=np.int32(example["id"])),
+             dict(id=str(example["id"]), caption=caption, objects=objects))]
+
+  def predict(self, model, params, model_state: dict, inputs: dict) -> jax.Array:
+    """One image per prompt and guidance scale: [batch, len(cfg_scales), H, W, 3] uint8."""
+    b = inputs["prompt"].shape[0]
+    allowed = (jnp.arange(model.decoder.vocab_size) >= self.code_offset) & (
+        jnp.arange(model.decoder.vocab_size) < self.code_offset + self.num_codes)
+    # Each batch draws with its own key, from its first example's id: reproducible, and
+    # independent of how the eval set is batched only up to that.
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), inputs["seed"][0])
+    s = shapes.IMAGE_SIZE
+    images = []
+    for scale in self.cfg_scales:
+      tokens = sampling.sample(
+          model, params, rng, jnp.zeros((b, s, s, 3)), inputs["prompt"],
+          inputs["prompt_mask"], self.num_image_codes, eos_id=EOI_ID,
+          pad_id=self.tokenizer.pad_id, allowed_tokens=allowed,
+          uncond_prompt=inputs["uncond_prompt"], uncond_prompt_mask=inputs["uncond_mask"],
+          cfg_scale=scale, image_mask=jnp.zeros(b, bool), **self.sampling)
+      images.append(_draw(self.vq_model, model_state["image_tokenizer"],
+                          tokens - self.code_offset))
+    return jnp.stack(images, axis=1)
+
+  def to_predictions(self, outputs: np.ndarray) -> list[np.ndarray]:
+    return list(outputs)
+
+  def score(self, infos: list[dict], predictions: list[np.ndarray]) -> tuple[dict, list[dict]]:
+    """generation_accuracy per category at the main scale (`overall`, `presence`, ...), and
+    overall and presence at every scale (`cfg3/overall`, ...); one record per prompt with
+    the objects parsed from its main-scale image."""
+    targets = [info["objects"] for info in infos]
+    metrics, parsed_by_scale = {}, []
+    for k, scale in enumerate(self.cfg_scales):
+      parsed = [scene_parser.parse_scene(images[k]) for images in predictions]
+      parsed_by_scale.append(parsed)
+      accuracy = scene_parser.generation_accuracy(parsed, targets)
+      if k == 0:
+        metrics.update(accuracy)
+      metrics.update({f"cfg{scale:g}/{name}": accuracy[name] for name in ("overall",
+                                                                          "presence")})
+    records = []
+    for i, info in enumerate(infos):
+      parsed = parsed_by_scale[0][i]
+      records.append(dict(
+          id=info["id"], caption=info["caption"],
+          parsed=[" ".join((o["size"], o["color"], o["shape"])) for o in parsed],
+          **scene_parser.generation_scores(parsed, info["objects"])))
+    return metrics, records
+
+  def sample_grid(self, infos: list[dict], predictions: list[np.ndarray],
+                  columns: int = 8) -> np.ndarray:
+    """One row per guidance scale (main scale first), one column per prompt (the first
+    `columns`), upscaled 2x: [scales * 128, columns * 128, 3] uint8."""
+    n = min(columns, len(predictions))
+    rows = [np.concatenate([predictions[i][k] for i in range(n)], axis=1)
+            for k in range(len(self.cfg_scales))]
+    return np.concatenate(rows, axis=0).repeat(2, axis=0).repeat(2, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _draw(vq_model, vq_variables: dict, codes: jax.Array) -> jax.Array:
+  """Codes [batch, h * w] (clipped into the codebook) -> images [batch, H, W, 3] uint8."""
+  side = int(round(codes.shape[1] ** 0.5))
+  codes = jnp.clip(codes, 0, vq_model.num_codes - 1).reshape(-1, side, side)
+  return to_uint8(vq_model.apply(vq_variables, codes, method="decode_codes"))
+

@@ -1,0 +1,135 @@
+"""Text-to-image: row layout, codes spliced in the train step, the tokenizer check, a run."""
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import shapes_t2i
+from gpt4v_jax import train
+from gpt4v_jax.data import shapes
+from gpt4v_jax.data.tokenizer import BOI_ID, BOS_ID, EOI_ID, TASK_IDS, ByteTokenizer
+from gpt4v_jax.objectives import prefix_lm
+
+CAPTION = "a small red circle."
+
+
+@pytest.fixture(scope="module")
+def config(tiny_vqvae_run):
+  r, workdir = tiny_vqvae_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  c = shapes_t2i.get_config("tiny")
+  c.objective.image_tokenizer = str(workdir)
+  return c
+
+
+@pytest.fixture(scope="module")
+def objective(config):
+  return train.make_objective(config)
+
+
+def _example(seed=0):
+  rng = np.random.default_rng(seed)
+  return dict(image=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), captions=[CAPTION])
+
+
+def test_row_layout_and_caption_dropout(objective):
+  row = objective.train_example(_example(), np.random.default_rng(0))
+  caption = ByteTokenizer().encode(CAPTION)
+  start = 3 + len(caption)
+  assert row["code_start"] == start
+  assert list(row["text"][:start]) == [BOS_ID, TASK_IDS["text_to_image"], *caption, BOI_ID]
+  n = objective.num_image_codes
+  assert row["text"][start + n] == EOI_ID and not row["input_mask"][start + n + 1:].any()
+  assert list(row["ar_mask"][:start]) == [0] * start and row["ar_mask"][start:start + n + 1].all()
+  # The loss is on every code and on EOI: the targets of positions start-1 .. start+n-1.
+  assert np.flatnonzero(row["loss_mask"]).tolist() == list(range(start - 1, start + n))
+
+  objective.caption_dropout = 1.0
+  try:
+    dropped = objective.train_example(_example(), np.random.default_rng(0))
+  finally:
+    objective.caption_dropout = 0.1
+  assert list(dropped["text"][:4]) == [BOS_ID, TASK_IDS["text_to_image"], BOI_ID, 0]
+  assert dropped["code_start"] == 3
+
+
+def test_loss_equals_the_loss_of_rows_written_with_the_codes(config, objective):
+  """The reference builds each row with its real codes (`prefix_lm.make_row`) on the host."""
+  model = objective.build_model(config.model)
+  examples = [_example(seed) for seed in range(4)]
+  rows = [objective.train_example(ex, np.random.default_rng(0)) for ex in examples]
+  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  variables = nn.unbox(jax.jit(objective.init_variables, static_argnums=0)(
+      model, jax.random.PRNGKey(0)))
+  params, model_state = variables.pop("params"), variables
+  loss, aux, new_state = objective.loss(model, params, model_state, batch,
+                                        jax.random.PRNGKey(0), True)
+  assert new_state is model_state  # The tokenizer is frozen.
+
+  codes = np.asarray(objective.vq_model.apply(objective.vq_variables, batch["image"],
+                                              method="encode")).reshape(4, -1)
+  t = ByteTokenizer()
+  ref_rows = [prefix_lm.make_row([TASK_IDS["text_to_image"], *t.encode(CAPTION), BOI_ID],
+                                 list(c + t.vocab_size), bos_id=BOS_ID, eos_id=EOI_ID,
+                                 pad_id=0, max_len=objective.max_text_len)[0] for c in codes]
+  ref = {k: jnp.asarray(np.stack([r[k] for r in ref_rows])) for k in ref_rows[0]}
+  logits = model.apply({"params": params}, batch["image"], ref["text"], ref["ar_mask"],
+                       ref["input_mask"], image_mask=jnp.zeros(4, bool))
+  ref_loss, _ = prefix_lm.next_token_loss(logits, ref["targets"], ref["loss_mask"])
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  assert aux["target_tokens"] == 4 * (objective.num_image_codes + 1)
+
+
+def test_missing_image_tokenizer_fails_before_compiling(tmp_path, run_main):
+  r = run_main(f"--workdir={tmp_path / 'run'}",
+               f"--config.objective.image_tokenizer={tmp_path / 'no_vq'}",
+               config="shapes_t2i.py:tiny")
+  assert r.returncode != 0
+  assert "config.objective.image_tokenizer" in r.stderr and "shapes_vqvae.py" in r.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_caption_run_is_not_an_image_tokenizer(tmp_path, run_main, tiny_run):
+  r = run_main(f"--workdir={tmp_path / 'run'}",
+               f"--config.objective.image_tokenizer={tiny_run[1]}", config="shapes_t2i.py:tiny")
+  assert r.returncode != 0 and "not a VQ-VAE" in r.stderr
+
+
+def test_t2i_config_trains_and_scores_generations_through_main(tmp_path, run_main, config):
+  r = run_main(f"--workdir={tmp_path / 't2i'}",
+               f"--config.objective.image_tokenizer={config.objective.image_tokenizer}",
+               config="shapes_t2i.py:tiny")
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((tmp_path / "t2i" / "results.json").read_text())["test"]
+  assert {"overall", "presence", "count", "position", "cfg1/overall", "cfg5/overall"} <= set(
+      results)
+  assert all(0.0 <= results[k] <= 1.0 for k in ("overall", "presence", "color"))
+  records = json.loads((tmp_path / "t2i" / "eval_test_step6.json").read_text())["predictions"]
+  assert len(records) == 16 and "parsed" in records[0]
+  grid = (tmp_path / "t2i" / "samples_test_step6.png")
+  assert grid.exists()
+  from PIL import Image
+  assert Image.open(grid).size == (8 * 128, 3 * 128)  # 8 prompts x 3 guidance scales.
+
+
+def test_text_rows_beside_image_rows_keep_their_text_and_image(config, objective):
+  """In a mixture the text-to-image loss serves every row: a caption row (code_start -1)
+  must get exactly the caption loss, with its image visible and nothing spliced in."""
+  from configs import shapes_caption
+  caption_objective = train.make_objective(shapes_caption.get_config("tiny"))
+  caption_objective.max_text_len = objective.max_text_len
+  model = objective.build_model(config.model)
+  rows = [caption_objective.train_example(_example(seed), np.random.default_rng(0))
+          for seed in range(4)]
+  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  variables = nn.unbox(jax.jit(objective.init_variables, static_argnums=0)(
+      model, jax.random.PRNGKey(0)))
+  params, model_state = variables.pop("params"), variables
+  want, _, _ = caption_objective.loss(model, params, {}, batch, jax.random.PRNGKey(0), True)
+  got, _, _ = objective.loss(model, params, model_state,
+                             dict(batch, code_start=jnp.full(4, -1, jnp.int32)),
+                             jax.random.PRNGKey(0), True)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
