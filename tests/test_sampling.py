@@ -5,14 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import shapes_caption
 from gpt4v_jax import decode, sampling
-from gpt4v_jax.models import gpt4v
+import tiny_lm
+from tiny_lm import NEVER, PROMPT_LEN, PROMPT_LENGTHS, VOCAB
 
-VOCAB = 128
-PROMPT_LEN = 5
-PROMPT_LENGTHS = (5, 2, 3, 1)  # Valid prompt tokens per row, right-padded.
-NEVER = VOCAB  # An eos_id the model cannot emit.
 NEW = 8
 
 
@@ -127,24 +123,12 @@ def test_guide():
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = shapes_caption.get_config().model
-  # Untied unembedding: a random tied model mostly repeats its last input
-  # token, which would make token comparisons weak.
-  cfg.update(vit_variant="nano/16", width=64, depth=1, mlp_dim=128,
-             num_heads=4, num_kv_heads=1, vocab_size=VOCAB,
-             tie_embeddings=False, projector="linear", mlp_type="gated")
-  return gpt4v.build_model(cfg)
+  return tiny_lm.model(depth=1)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-  """images [b, 64, 64, 3], prompt [b, p], prompt_mask [b, p]."""
-  rng = np.random.default_rng(0)
-  b = len(PROMPT_LENGTHS)
-  images = jnp.asarray(rng.uniform(-1, 1, (b, 64, 64, 3)), jnp.float32)
-  mask = np.arange(PROMPT_LEN)[None] < np.array(PROMPT_LENGTHS)[:, None]
-  prompt = np.where(mask, rng.integers(1, VOCAB, (b, PROMPT_LEN)), 0)
-  return images, jnp.asarray(prompt, jnp.int32), jnp.asarray(mask)
+  return tiny_lm.inputs()
 
 
 @pytest.fixture(scope="module")
