@@ -18,6 +18,15 @@ def _text(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+def random_caption(example: dict, rng: np.random.Generator) -> str:
+  """One of the example's reference captions, drawn with `rng`; BadExample if there are
+  none or the drawn one is empty or not UTF-8."""
+  captions = example["captions"]
+  if len(captions) == 0:
+    raise BadExample("no captions")
+  return decode_text(captions[rng.integers(len(captions))], "caption")
+
+
 class CaptionObjective(prefix_lm.PrefixLMObjective):
   """How a shapes example becomes a caption training row, a decoding prompt, and a score."""
   name = "caption"
@@ -37,10 +46,7 @@ class CaptionObjective(prefix_lm.PrefixLMObjective):
     missing, empty or non-UTF-8 caption.
     """
     image = decode_image(example["image"], shapes.IMAGE_SIZE)
-    captions = example["captions"]
-    if len(captions) == 0:
-      raise BadExample("no captions")
-    caption = decode_text(captions[rng.integers(len(captions))], "caption")
+    caption = random_caption(example, rng)
     t = self.tokenizer
     row, truncated = prefix_lm.make_row(self._prompt_ids, t.encode(caption), bos_id=t.bos_id,
                                         eos_id=t.eos_id, pad_id=t.pad_id,

@@ -22,10 +22,11 @@ import numpy as np
 
 from gpt4v_jax import sampling
 from gpt4v_jax.data import shapes
-from gpt4v_jax.data.pipeline import BadExample, decode_image, decode_text, image_to_float
+from gpt4v_jax.data.pipeline import decode_image, decode_text, image_to_float
 from gpt4v_jax.data.tokenizer import BOI_ID, EOI_ID, TASK_IDS, Tokenizer
 from gpt4v_jax.evals import scene_parser
 from gpt4v_jax.objectives import prefix_lm
+from gpt4v_jax.objectives.caption import random_caption
 from gpt4v_jax.objectives.image_tokenizer import to_uint8
 
 
@@ -79,10 +80,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     missing, empty or non-UTF-8 caption.
     """
     image = decode_image(example["image"], shapes.IMAGE_SIZE)
-    captions = example["captions"]
-    if len(captions) == 0:
-      raise BadExample("no captions")
-    caption = decode_text(captions[rng.integers(len(captions))], "caption")
+    caption = random_caption(example, rng)
     if rng.random() < self.caption_dropout:
       caption = ""
     prompt, truncated = self._prompt_ids(caption)
