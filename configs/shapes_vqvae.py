@@ -34,16 +34,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # catches blow-ups.
   c.optimizer = dict(learning_rate=1e-3, warmup_steps=100, end_learning_rate_fraction=1.0,
                      b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=100.0)
-  c.train = dict(steps=4000, log_every=100, checkpoint_every=1000, keep_checkpoints=2,
-                 skip_nonfinite_updates=False)
-  c.evals = dict(every=1000, during_splits=("validation",), during_num_examples=200,
-                 final_splits=("test",), final_num_examples=1000, batch_size=200,
-                 num_samples_to_print=2)
+  # Logging, checkpointing and evals as in shapes_caption (its tiny variant for "tiny"),
+  # except for the run length, the schedule and the splits below.
+  c.train = base.train
+  c.evals = base.evals
+  c.evals.update(final_splits=("test",), num_samples_to_print=2)
+  if not arg:
+    c.train.update(steps=4000, checkpoint_every=1000)
+    c.evals.every = 1000
 
   if arg == "tiny":
     c.data.global_batch_size = 16
     c.model.update(channels=16, min_channels=8, num_res_blocks=1, num_codes=64, code_dim=16)
     c.optimizer.warmup_steps = 2
-    c.train.update(steps=6, log_every=2, checkpoint_every=3)
-    c.evals.update(every=3, during_num_examples=16, final_num_examples=16, batch_size=16)
   return c
