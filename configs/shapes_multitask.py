@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t2i = dict(t2i_config.objective)
   del t2i["kind"]
   # Every row has one layout and length, so it fits the longest task's rows: text-to-image's
-  # [BOS][t2i] caption [BOI] 64 codes [EOI] (3 + 119 + 65 = 187 slots; tiny: 3 + 100 + 65).
+  # [BOS][t2i] caption [BOI] 64 codes [EOI] (3 + 23 + 65 = 91 slots).
   max_text_len = 3 + t2i["max_caption_len"] + 65
   c.objective = dict(
       kind="mixture", max_text_len=max_text_len,

@@ -19,18 +19,17 @@ from configs import shapes_caption
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_caption.get_config(arg)
-  # Rows: [BOS][t2i] caption (<= 119 bytes, every caption fits) [BOI] 64 codes [EOI].
+  # Rows: [BOS][t2i] caption (<= 23 tokens, every caption fits) [BOI] 64 codes [EOI].
   # caption_dropout: the share of rows without their caption, for classifier-free guidance.
   # Evaluation samples with temperature/top_k/top_p at each of eval_cfg_scales; cfg_scale
   # is the one whose metrics are reported unprefixed.
   c.objective = dict(kind="text_to_image", image_tokenizer="workdirs/shapes_vqvae",
-                     max_caption_len=119, caption_dropout=0.1, cfg_scale=3.0,
+                     max_caption_len=23, caption_dropout=0.1, cfg_scale=3.0,
                      eval_cfg_scales=(1.0, 3.0, 5.0), temperature=1.0, top_k=0, top_p=1.0)
-  # 272 byte-tokenizer ids + 1024 codes = 1296, padded to a multiple of 128.
-  c.model.vocab_size = 1408
+  # 75 tokenizer ids + 1024 codes = 1099, padded to a multiple of 128.
+  c.model.vocab_size = 1152
   c.evals.update(final_splits=("test",), num_samples_to_print=2)
   if arg == "tiny":
     c.objective.image_tokenizer = "workdirs/shapes_vqvae_tiny"
-    c.objective.max_caption_len = 100
-    c.model.vocab_size = 384  # The tiny VQ-VAE has 64 codes: 272 + 64 fit.
+    c.model.vocab_size = 256  # The tiny VQ-VAE has 64 codes: 75 + 64 fit.
   return c

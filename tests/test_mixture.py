@@ -9,7 +9,7 @@ import pytest
 from configs import shapes_multitask, shapes_vqa
 from gpt4v_jax import config_checks, decode, sharding, train
 from gpt4v_jax.data import pipeline, shapes
-from gpt4v_jax.data.tokenizer import TASK_IDS, ByteTokenizer
+from gpt4v_jax.data.tokenizer import TASK_IDS, get_tokenizer
 from gpt4v_jax.evals import evaluator
 from gpt4v_jax.objectives import mixture
 
@@ -49,7 +49,7 @@ def test_multitask_config_builds_parts_with_one_row_length(vq_workdir):
   objective = _objective(vq_workdir)
   assert objective.weights == dict(caption=1.0, vqa=1.0, text_to_image=1.0)
   assert {name: part.max_text_len for name, part in objective.parts.items()} == dict(
-      caption=168, vqa=168, text_to_image=168)
+      caption=91, vqa=91, text_to_image=91)
   short_vqa = train.make_objective(shapes_vqa.get_config("tiny"))
   with pytest.raises(ValueError, match="share max_text_len"):
     mixture.MixtureObjective(dict(caption=objective.parts["caption"], vqa=short_vqa),
@@ -89,7 +89,8 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
 
   def always_yes(model, params, images, prompt, prompt_mask, max_new_tokens, eos_id, pad_id):
     tokens = np.full((images.shape[0], max_new_tokens), pad_id, np.int32)
-    tokens[:, :4] = ByteTokenizer().encode("yes") + [eos_id]
+    yes = get_tokenizer("words:shapes").encode("yes")
+    tokens[:, :len(yes) + 1] = yes + [eos_id]
     return tokens
 
   monkeypatch.setattr(decode, "greedy_decode", always_yes)

@@ -10,7 +10,7 @@ import pytest
 from configs import shapes_t2i
 from gpt4v_jax import train
 from gpt4v_jax.data import shapes
-from gpt4v_jax.data.tokenizer import BOI_ID, BOS_ID, EOI_ID, TASK_IDS, ByteTokenizer
+from gpt4v_jax.data.tokenizer import BOI_ID, BOS_ID, EOI_ID, TASK_IDS
 from gpt4v_jax.objectives import prefix_lm
 
 CAPTION = "a small red circle."
@@ -37,7 +37,7 @@ def _example(seed=0):
 
 def test_row_layout_and_caption_dropout(objective):
   row = objective.train_example(_example(), np.random.default_rng(0))
-  caption = ByteTokenizer().encode(CAPTION)
+  caption = objective.tokenizer.encode(CAPTION)
   start = 3 + len(caption)
   assert row["code_start"] == start
   assert list(row["text"][:start]) == [BOS_ID, TASK_IDS["text_to_image"], *caption, BOI_ID]
@@ -71,7 +71,7 @@ def test_loss_equals_the_loss_of_rows_written_with_the_codes(config, objective):
 
   codes = np.asarray(objective.vq_model.apply(objective.vq_variables, batch["image"],
                                               method="encode")).reshape(4, -1)
-  t = ByteTokenizer()
+  t = objective.tokenizer
   ref_rows = [prefix_lm.make_row([TASK_IDS["text_to_image"], *t.encode(CAPTION), BOI_ID],
                                  list(c + t.vocab_size), bos_id=BOS_ID, eos_id=EOI_ID,
                                  pad_id=0, max_len=objective.max_text_len)[0] for c in codes]

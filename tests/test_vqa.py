@@ -8,7 +8,7 @@ from configs import shapes_vqa
 from gpt4v_jax import train
 from gpt4v_jax.data import shapes
 from gpt4v_jax.data.pipeline import BadExample
-from gpt4v_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_IDS, ByteTokenizer
+from gpt4v_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_IDS
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,11 @@ def _example(**overrides) -> dict:
   return {**example, **overrides}
 
 
-def _ids(text: bytes) -> list[int]:
-  return ByteTokenizer().encode(text.decode())
-
-
 def test_row_is_question_prefix_then_causal_answer_with_loss_on_answer_and_eos(obj):
-  row = obj.train_example(_example(questions=[b"what color is it?"], answers=[b"red"],
+  row = obj.train_example(_example(questions=[b"what color is the circle?"], answers=[b"red"],
                                    question_types=[b"color"]), np.random.default_rng(0))
-  prefix = [BOS_ID, TASK_IDS["vqa"]] + _ids(b"what color is it?")
-  answer = _ids(b"red") + [EOS_ID]
+  prefix = [BOS_ID, TASK_IDS["vqa"]] + obj.tokenizer.encode("what color is the circle?")
+  answer = obj.tokenizer.encode("red") + [EOS_ID]
   n = len(prefix) + len(answer)
   assert row["text"].shape == (obj.max_text_len,) and row["truncated"] == 0
   np.testing.assert_array_equal(row["text"][:n], prefix + answer)
@@ -49,7 +45,7 @@ def test_row_is_question_prefix_then_causal_answer_with_loss_on_answer_and_eos(o
 def test_training_samples_one_question_per_example_from_the_rng(obj):
   rows = [obj.train_example(_example(), np.random.default_rng(s)) for s in range(20)]
   texts = {obj.tokenizer.decode(row["text"]) for row in rows}  # Question, then answer.
-  assert texts == {"is there a red square?no", "how many circles are there?2"}
+  assert texts == {"is there a red square? no", "how many circles are there? 2"}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -58,7 +54,7 @@ def test_training_samples_one_question_per_example_from_the_rng(obj):
     (dict(answers=[b"no", b""]), "empty answer"),
     (dict(questions=[b"\xff?", b"how?"]), "question is not UTF-8"),
     (dict(question_types=[b"existence", b"colour"]), "question type 'colour'"),
-    (dict(questions=[b"is there " * 10 + b"?"] * 2), "of 91 tokens does not fit max_text_len=70"),
+    (dict(questions=[b"is there " * 10 + b"?"] * 2), "of 21 tokens does not fit max_text_len=16"),
 ])
 def test_bad_questions_are_bad_examples(obj, overrides, message):
   with pytest.raises(BadExample, match=message):
@@ -87,7 +83,7 @@ def test_eval_items_ask_every_question_of_the_image(obj):
     assert info == dict(id="3", question=q, qtype=t, answer=a)
     assert inputs["prompt"].shape == inputs["prompt_mask"].shape == (obj.prompt_len,)
     n = inputs["prompt_mask"].sum()
-    assert list(inputs["prompt"][:n]) == [BOS_ID, TASK_IDS["vqa"]] + _ids(q.encode())
+    assert list(inputs["prompt"][:n]) == [BOS_ID, TASK_IDS["vqa"]] + obj.tokenizer.encode(q)
     assert (inputs["prompt"][n:] == PAD_ID).all()
     np.testing.assert_allclose(inputs["image"], ex["image"] / 127.5 - 1.0, atol=1e-6)
 

@@ -424,6 +424,24 @@ def questions(objects: list[dict],
   return out
 
 
+# Words besides attribute values and caption-template words: lists ("a, b and c") and
+# questions and answers.
+_OTHER_WORDS = (",", "and", "?", "what", "is", "the", "how", "many", "are", "there", "a",
+                "object", "objects", "left", "right", "of", "yes", "no", *_ATTRIBUTES,
+                *(str(n) for n in range(MAX_OBJECTS + 1)))
+
+
+def vocabulary() -> list[str]:
+  """Every word and punctuation mark a caption, question or answer can contain, sorted
+  (the `words:shapes` tokenizer's list)."""
+  words = set(_OTHER_WORDS) | set(SIZES) | set(COLORS) | set(_NUMBER_WORDS)
+  words |= set(SHAPES) | {s + "s" for s in SHAPES}
+  for template in CAPTION_TEMPLATES:
+    for text in template:
+      words |= set(re.findall(r"\w+|[^\w\s{}]", re.sub(r"{\w+}", " ", text)))
+  return sorted(words)
+
+
 # ----------------------------------------------------------------------------
 # Examples.
 # ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Text-to-image: the decoder writes an image as VQ-VAE code tokens after its caption.
 
-  [BOS][t2i][caption bytes...][BOI] [code_1 ... code_hw][EOI] [PAD]...
-  prefix: full attention            causal; the loss is on the codes and EOI
+  [BOS][t2i][caption tokens...][BOI] [code_1 ... code_hw][EOI] [PAD]...
+  prefix: full attention             causal; the loss is on the codes and EOI
 
 The image is the answer, so the model does not see it: its image-token slots are hidden
 (`GPT4V(image_mask=...)`). The codes come from a frozen VQ-VAE (`configs/shapes_vqvae.py`,

@@ -1,8 +1,8 @@
 """Visual question answering: the VQA task token and a question after the image, target = its
 answer.
 
-  [image tokens][BOS][vqa][question bytes...] [answer bytes...][EOS]
-  prefix: full attention                      causal; the loss is on answer and EOS only
+  [image tokens][BOS][vqa][question tokens...] [answer tokens...][EOS]
+  prefix: full attention                       causal; the loss is on answer and EOS only
 
 Training samples one of an example's (6-8) questions per example and epoch. Evaluation asks
 every question of each image (one eval item per question), decodes greedily, and scores VQA
