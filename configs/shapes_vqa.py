@@ -19,7 +19,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (the generator's bound: its longest question, "is the large purple triangle right of the
   # large yellow triangle?", has 12 and a yes/no answer), so 16 slots fit every row. Every
   # answer is one word: one token + EOS.
-  c.objective = dict(kind="vqa", max_text_len=16, max_new_tokens=2)
+  # questions_per_row > 1 trains on dialogues of several questions about one image (then
+  # max_text_len must hold them: 2 + 8 * 14 fits all of any image).
+  c.objective = dict(kind="vqa", max_text_len=16, max_new_tokens=2, questions_per_row=1)
 
   if not arg:  # "tiny" keeps shapes_caption's tiny run length and evals.
     # A row is 16 image + 16 text tokens: ~40-50 ms a step on 2 idle cores, so 12,000 steps

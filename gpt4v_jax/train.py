@@ -94,7 +94,8 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
   if kind == "vqa":
     return VQAObjective(tokenizer, max_text_len=max_text_len,
-                        max_new_tokens=keys.max_new_tokens)
+                        max_new_tokens=keys.max_new_tokens,
+                        questions_per_row=keys.get("questions_per_row", 1))
   raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 

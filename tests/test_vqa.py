@@ -8,6 +8,7 @@ from configs import shapes_vqa
 from gpt4v_jax import train
 from gpt4v_jax.data import shapes
 from gpt4v_jax.data.pipeline import BadExample
+from gpt4v_jax.objectives import prefix_lm
 from gpt4v_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_IDS
 
 
@@ -112,3 +113,46 @@ def test_tiny_vqa_run_reports_accuracy_per_question_type(tmp_path, run_main):
   records = json.loads((tmp_path / "run" / "eval_test_step6.json").read_text())["predictions"]
   assert len(records) == results["num_questions"]
   assert set(records[0]) == {"id", "question", "qtype", "prediction", "answer"}
+
+
+def test_dialogue_rows_carry_loss_on_every_answer_and_drop_turns_that_do_not_fit():
+  turns = [([4, 20, 21], [30]), ([4, 22], [31, 32]), ([4, 23, 24, 25], [33])]
+  row, truncated = prefix_lm.make_dialogue_row(turns, bos_id=1, eos_id=2, pad_id=0, max_len=14)
+  # The third turn (6 tokens) does not fit after the first two (5 + 5): it is left out whole.
+  assert not truncated
+  np.testing.assert_array_equal(row["text"], [1, 4, 20, 21, 30, 2, 4, 22, 31, 32, 2, 0, 0, 0])
+  np.testing.assert_array_equal(row["ar_mask"], [0] * 4 + [1] * 7 + [0] * 3)
+  np.testing.assert_array_equal(row["input_mask"], [1] * 11 + [0] * 3)
+  # Targets: the answers and their EOS (positions 4, 5 and 8, 9, 10), predicted one earlier.
+  assert np.flatnonzero(row["loss_mask"]).tolist() == [3, 4, 7, 8, 9]
+  np.testing.assert_array_equal(row["targets"][:10], row["text"][1:11])
+  # One turn is exactly make_row's row.
+  one, _ = prefix_lm.make_dialogue_row(turns[:1], bos_id=1, eos_id=2, pad_id=0, max_len=14)
+  ref, _ = prefix_lm.make_row(*turns[0], bos_id=1, eos_id=2, pad_id=0, max_len=14)
+  for k in ref:
+    np.testing.assert_array_equal(one[k], ref[k])
+
+
+def test_vqa_dialogue_row_asks_distinct_questions_of_the_image():
+  config = shapes_vqa.get_config()
+  config.objective.update(questions_per_row=8, max_text_len=2 + 8 * 14)
+  obj = train.make_objective(config)
+  ex = shapes.make_example(0, "train", 5)
+  row = obj.train_example(ex, np.random.default_rng(0))
+  t = obj.tokenizer
+  pairs = {f"{q} {a}" for q, a in zip(ex["questions"], ex["answers"])}
+  # Every question of the image appears once, each followed by its answer, and the loss
+  # is on exactly one answer word and one EOS per question.
+  turns = [t.decode(list(row["text"][s:e])) for s, e in _turn_spans(row["text"])]
+  assert sorted(turns) == sorted(pairs)
+  assert row["loss_mask"].sum() == 2 * len(ex["questions"])
+  with pytest.raises(ValueError, match="questions_per_row"):
+    config.objective.questions_per_row = 0
+    train.make_objective(config)
+
+
+def _turn_spans(text):
+  """(start, end) of each `[vqa] question answer` turn, EOS excluded."""
+  starts = [i + 1 for i, x in enumerate(text) if x == TASK_IDS["vqa"]]
+  ends = [i for i, x in enumerate(text) if x == EOS_ID]
+  return list(zip(starts, ends))

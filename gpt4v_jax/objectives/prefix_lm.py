@@ -46,6 +46,35 @@ def make_row(prompt_ids: list[int], target_ids: list[int], *, bos_id: int, eos_i
               targets=targets, loss_mask=loss_mask), truncated
 
 
+def make_dialogue_row(turns: list[tuple[list[int], list[int]]], *, bos_id: int, eos_id: int,
+                      pad_id: int, max_len: int) -> tuple[dict[str, np.ndarray], bool]:
+  """Several (prompt, target) turns about one image -> one row, as `make_row` lays out one:
+
+    [BOS] prompt_1 target_1 [EOS] prompt_2 target_2 [EOS] ... [PAD]...
+    ar:    0   0...  1...     1     1...     1...     1
+
+  The first turn is `make_row`'s (its prefix attends fully); later prompts are causal and carry
+  no loss, later targets and EOS do. A later turn that does not fit whole is left out (not
+  counted as truncated): every target in the row is complete unless the first one is cut.
+  """
+  row, truncated = make_row(*turns[0], bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
+                            max_len=max_len)
+  text, ar = row["text"], row["ar_mask"]
+  is_target = ar.astype(bool)
+  n = int(row["input_mask"].sum())
+  for prompt_ids, target_ids in turns[1:]:
+    turn = list(prompt_ids) + list(target_ids) + [eos_id]
+    if truncated or n + len(turn) > max_len:
+      break
+    text[n:n + len(turn)] = turn
+    ar[n:n + len(turn)] = 1
+    is_target[n + len(prompt_ids):n + len(turn)] = True
+    n += len(turn)
+  return dict(text=text, ar_mask=ar, input_mask=np.arange(max_len) < n,
+              targets=np.append(text[1:], pad_id).astype(np.int32),
+              loss_mask=np.append(is_target[1:], False).astype(np.float32)), truncated
+
+
 def make_prompt(prompt_ids: list[int], *, bos_id: int, pad_id: int,
                 max_len: int) -> dict[str, np.ndarray]:
   """Decoding input: `[BOS] prompt` right-padded to `[max_len]`, with its validity mask."""

@@ -4,10 +4,12 @@ answer.
   [image tokens][BOS][vqa][question tokens...] [answer tokens...][EOS]
   prefix: full attention                       causal; the loss is on answer and EOS only
 
-Training samples one of an example's (6-8) questions per example and epoch. Evaluation asks
-every question of each image (one eval item per question), decodes greedily, and scores VQA
-accuracy (`vqa_metrics`) overall and per question type; a `shapes` question has one certain
-answer, so that is normalised exact match.
+Training samples one of an example's (6-8) questions per example and epoch, or with
+`questions_per_row` > 1 a dialogue of several (later questions and answers are causal, every
+answer carries loss: `prefix_lm.make_dialogue_row`). Evaluation asks every question of each
+image alone (one eval item per question), decodes greedily, and scores VQA accuracy
+(`vqa_metrics`) overall and per question type; a `shapes` question has one certain answer, so
+that is normalised exact match.
 """
 import numpy as np
 
@@ -23,10 +25,16 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
   question, and a score."""
   name = "vqa"
 
-  def __init__(self, tokenizer: Tokenizer, *, max_text_len: int, max_new_tokens: int):
+  def __init__(self, tokenizer: Tokenizer, *, max_text_len: int, max_new_tokens: int,
+               questions_per_row: int = 1):
     self.tokenizer = tokenizer
     self.max_text_len = max_text_len
     self.max_new_tokens = max_new_tokens
+    # > 1: a training row is a dialogue of up to this many of the image's questions
+    # (`prefix_lm.make_dialogue_row`), so one pass of the image encoder serves several answers.
+    if questions_per_row < 1:
+      raise ValueError(f"config.objective.questions_per_row={questions_per_row}: must be >= 1.")
+    self.questions_per_row = questions_per_row
     # The longest `[BOS][vqa] question` a training row holds with room for one answer token
     # and EOS: a question is usable, in training and evaluation alike, if it fits here.
     self.prompt_len = max_text_len - 2
@@ -60,18 +68,23 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
 
   def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Data-source example -> {image [H, W, 3] float32, text/ar_mask/... [max_text_len],
-    truncated [] int32 (1 if the answer was cut to fit)}, for one rng-chosen question.
+    truncated [] int32 (1 if the answer was cut to fit)}, for one rng-chosen question, or a
+    dialogue of `questions_per_row` of them in rng order (fewer if the image has fewer or
+    they do not fit).
 
     Raises BadExample for an image that does not decode or has the wrong size, and for
     questions that `_qa_triples` or `_prompt_ids` reject.
     """
     image = decode_image(example["image"], shapes.IMAGE_SIZE)
     triples = self._qa_triples(example)
-    question, answer, _ = triples[rng.integers(len(triples))]
+    if self.questions_per_row == 1:
+      chosen = [triples[rng.integers(len(triples))]]
+    else:
+      chosen = [triples[i] for i in rng.permutation(len(triples))[:self.questions_per_row]]
     t = self.tokenizer
-    row, truncated = prefix_lm.make_row(self._prompt_ids(question), t.encode(answer),
-                                        bos_id=t.bos_id, eos_id=t.eos_id, pad_id=t.pad_id,
-                                        max_len=self.max_text_len)
+    turns = [(self._prompt_ids(q), t.encode(a)) for q, a, _ in chosen]
+    row, truncated = prefix_lm.make_dialogue_row(turns, bos_id=t.bos_id, eos_id=t.eos_id,
+                                                 pad_id=t.pad_id, max_len=self.max_text_len)
     return dict(image=image_to_float(image), truncated=np.int32(truncated), **row)
 
   def eval_items(self, example: dict) -> list[tuple[dict[str, np.ndarray], dict]]:
