@@ -17,6 +17,13 @@ def obj():
   return train.make_objective(shapes_vqa.get_config())
 
 
+@pytest.fixture(scope="module")
+def one_question_obj():
+  config = shapes_vqa.get_config()
+  config.objective.update(questions_per_row=1, max_text_len=16)
+  return train.make_objective(config)
+
+
 def _example(**overrides) -> dict:
   example = dict(id=7, image=np.zeros((64, 64, 3), np.uint8),
                  questions=[b"is there a red square?", b"how many circles are there?"],
@@ -43,7 +50,8 @@ def test_row_is_question_prefix_then_causal_answer_with_loss_on_answer_and_eos(o
   np.testing.assert_array_equal(predicted, np.arange(len(prefix), n))
 
 
-def test_training_samples_one_question_per_example_from_the_rng(obj):
+def test_training_samples_one_question_per_example_from_the_rng(one_question_obj):
+  obj = one_question_obj
   rows = [obj.train_example(_example(), np.random.default_rng(s)) for s in range(20)]
   texts = {obj.tokenizer.decode(row["text"]) for row in rows}  # Question, then answer.
   assert texts == {"is there a red square? no", "how many circles are there? 2"}
@@ -55,7 +63,8 @@ def test_training_samples_one_question_per_example_from_the_rng(obj):
     (dict(answers=[b"no", b""]), "empty answer"),
     (dict(questions=[b"\xff?", b"how?"]), "question is not UTF-8"),
     (dict(question_types=[b"existence", b"colour"]), "question type 'colour'"),
-    (dict(questions=[b"is there " * 10 + b"?"] * 2), "of 21 tokens does not fit max_text_len=16"),
+    (dict(questions=[b"is there " * 60 + b"?"] * 2),
+     "of 121 tokens does not fit max_text_len=114"),
 ])
 def test_bad_questions_are_bad_examples(obj, overrides, message):
   with pytest.raises(BadExample, match=message):
@@ -134,8 +143,7 @@ def test_dialogue_rows_carry_loss_on_every_answer_and_drop_turns_that_do_not_fit
 
 
 def test_vqa_dialogue_row_asks_distinct_questions_of_the_image():
-  config = shapes_vqa.get_config()
-  config.objective.update(questions_per_row=8, max_text_len=2 + 8 * 14)
+  config = shapes_vqa.get_config()  # The default: all questions of the image, 114 slots.
   obj = train.make_objective(config)
   ex = shapes.make_example(0, "train", 5)
   row = obj.train_example(ex, np.random.default_rng(0))
