@@ -42,6 +42,8 @@ import PIL.Image
 import PIL.ImageDraw
 import tensorflow_datasets as tfds
 
+from gpt4v_jax.data import tokenizer
+
 # ----------------------------------------------------------------------------
 # Scene language.
 # ----------------------------------------------------------------------------
@@ -438,7 +440,7 @@ def vocabulary() -> list[str]:
   words |= set(SHAPES) | {s + "s" for s in SHAPES}
   for template in CAPTION_TEMPLATES:
     for text in template:
-      words |= set(re.findall(r"\w+|[^\w\s{}]", re.sub(r"{\w+}", " ", text)))
+      words |= set(tokenizer.WordTokenizer.split(re.sub(r"{\w+}", " ", text)))
   return sorted(words)
 
 

@@ -100,8 +100,13 @@ class WordTokenizer:
     self._ids = {w: i for i, w in enumerate(self._pieces)}
     self.vocab_size = NUM_RESERVED + len(self._pieces)
 
+  @classmethod
+  def split(cls, text: str) -> list[str]:
+    """Text -> its words and punctuation marks."""
+    return cls._SPLIT.findall(text)
+
   def encode(self, text: str) -> list[int]:
-    return [self._ids.get(w, 0) + NUM_RESERVED for w in self._SPLIT.findall(text)]
+    return [self._ids.get(w, 0) + NUM_RESERVED for w in self.split(text)]
 
   def decode(self, ids: Sequence[int]) -> str:
     out = ""
