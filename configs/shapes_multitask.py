@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective = dict(
       kind="mixture", max_text_len=max_text_len,
       mixture=dict(caption=dict(weight=1.0, prompt=caption.prompt),
-                   vqa=dict(weight=1.0, max_new_tokens=vqa.max_new_tokens,
+                   vqa=dict(weight=1.0, max_question_len=vqa.max_question_len,
+                            max_new_tokens=vqa.max_new_tokens,
                             questions_per_row=vqa.questions_per_row),
                    text_to_image=dict(weight=1.0, **t2i)))
   c.model.vocab_size = t2i_config.model.vocab_size

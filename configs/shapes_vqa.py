@@ -3,7 +3,7 @@
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py --workdir=workdirs/vqa
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py:tiny --workdir=/tmp/t
 
-The argument picks a variant, as in shapes_caption: "" (the default CPU run, ~18-24 min of
+The argument picks a variant, as in shapes_caption: "" (the default CPU run, ~8 min of
 training on 2 idle cores) or "tiny" (a seconds-long smoke run, used by the tests). Data,
 model, mesh, optimizer and checkpointing are shapes_caption's, imported from there (run from
 the repository root, as `make` does); this file sets the objective, the run length and evals.
@@ -16,13 +16,14 @@ from configs import shapes_caption
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_caption.get_config(arg)
   # A training row is a dialogue of all (6-8) questions of its image in random order: BOS,
-  # then per question the task token, question, answer, EOS. Question + answer is at most 13
-  # tokens (the generator's bound: its longest question, "is the large purple triangle right
-  # of the large yellow triangle?", has 12 and a yes/no answer), so 2 + 8 * 14 = 114 slots
-  # hold every image's questions. Every answer is one word: one token + EOS. One question per
-  # row (questions_per_row=1, max_text_len=16) learned 4x slower per step: 0.580 on test
-  # after 12,000 steps against 0.696 after 3,000.
-  c.objective = dict(kind="vqa", max_text_len=114, max_new_tokens=2, questions_per_row=8)
+  # then per question the task token, question, answer, EOS. A question is at most 12 tokens
+  # (the generator's bound: "is the large purple triangle right of the large yellow
+  # triangle?"), its answer one word, so 2 + 8 * 14 = 114 slots hold every image's questions,
+  # and an eval prompt is [BOS][vqa] + 12 slots. Every answer is one token + EOS. One
+  # question per row (questions_per_row=1, max_text_len=16) learned 4x slower per step: 0.580
+  # on test after 12,000 steps against 0.696 after 3,000.
+  c.objective = dict(kind="vqa", max_text_len=114, max_question_len=12, max_new_tokens=2,
+                     questions_per_row=8)
 
   if not arg:  # "tiny" keeps shapes_caption's tiny run length and evals.
     # 7.1 GFLOP and ~150 ms per step on 2 idle cores: 3,000 steps (48k images, ~350k

@@ -60,7 +60,7 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
   Its keys by kind:
 
     caption  max_text_len, prompt
-    vqa      max_text_len, max_new_tokens
+    vqa      max_text_len, max_question_len, max_new_tokens, questions_per_row
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
              caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p (its
@@ -94,8 +94,9 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
   if kind == "vqa":
     return VQAObjective(tokenizer, max_text_len=max_text_len,
+                        max_question_len=keys.max_question_len,
                         max_new_tokens=keys.max_new_tokens,
-                        questions_per_row=keys.get("questions_per_row", 1))
+                        questions_per_row=keys.questions_per_row)
   raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 

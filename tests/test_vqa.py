@@ -63,8 +63,8 @@ def test_training_samples_one_question_per_example_from_the_rng(one_question_obj
     (dict(answers=[b"no", b""]), "empty answer"),
     (dict(questions=[b"\xff?", b"how?"]), "question is not UTF-8"),
     (dict(question_types=[b"existence", b"colour"]), "question type 'colour'"),
-    (dict(questions=[b"is there " * 60 + b"?"] * 2),
-     "of 121 tokens does not fit max_text_len=114"),
+    (dict(questions=[b"is there " * 6 + b"?"] * 2),
+     "question of 13 tokens is longer than max_question_len=12"),
 ])
 def test_bad_questions_are_bad_examples(obj, overrides, message):
   with pytest.raises(BadExample, match=message):
@@ -156,6 +156,13 @@ def test_vqa_dialogue_row_asks_distinct_questions_of_the_image():
   assert row["loss_mask"].sum() == 2 * len(ex["questions"])
   with pytest.raises(ValueError, match="questions_per_row"):
     config.objective.questions_per_row = 0
+    train.make_objective(config)
+
+
+def test_a_row_too_short_for_the_longest_question_is_a_config_error():
+  config = shapes_vqa.get_config()
+  config.objective.update(questions_per_row=1, max_text_len=15)
+  with pytest.raises(ValueError, match=r"max_text_len=15 cannot hold .* must be >= 16"):
     train.make_objective(config)
 
 

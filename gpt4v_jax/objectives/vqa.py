@@ -25,8 +25,8 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
   question, and a score."""
   name = "vqa"
 
-  def __init__(self, tokenizer: Tokenizer, *, max_text_len: int, max_new_tokens: int,
-               questions_per_row: int = 1):
+  def __init__(self, tokenizer: Tokenizer, *, max_text_len: int, max_question_len: int,
+               max_new_tokens: int, questions_per_row: int):
     self.tokenizer = tokenizer
     self.max_text_len = max_text_len
     self.max_new_tokens = max_new_tokens
@@ -35,9 +35,15 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
     if questions_per_row < 1:
       raise ValueError(f"config.objective.questions_per_row={questions_per_row}: must be >= 1.")
     self.questions_per_row = questions_per_row
-    # The longest `[BOS][vqa] question` a training row holds with room for one answer token
-    # and EOS: a question is usable, in training and evaluation alike, if it fits here.
-    self.prompt_len = max_text_len - 2
+    # `[BOS][vqa] question`: the decoding prompt, padded to the longest question allowed (not
+    # to the row, which may hold a whole dialogue), so evaluation decodes no idle slots.
+    self.max_question_len = max_question_len
+    self.prompt_len = 2 + max_question_len
+    if max_text_len < self.prompt_len + 2:  # + at least one answer token and EOS.
+      raise ValueError(f"config.objective.max_text_len={max_text_len} cannot hold a question "
+                       f"of max_question_len={max_question_len} tokens after BOS and the "
+                       f"task token, and an answer and EOS: it must be >= "
+                       f"{self.prompt_len + 2}.")
 
   def _qa_triples(self, example: dict) -> list[tuple[str, str, str]]:
     """(question, answer, question type) of every question of a data-source example.
@@ -59,12 +65,13 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
     return triples
 
   def _prompt_ids(self, question: str) -> list[int]:
-    """`[vqa] question` ids (BOS is added by prefix_lm); BadExample if they do not fit."""
-    ids = [TASK_IDS["vqa"]] + self.tokenizer.encode(question)
-    if 1 + len(ids) > self.prompt_len:
-      raise BadExample(f"question of {len(ids) - 1} tokens does not fit "
-                       f"max_text_len={self.max_text_len}")
-    return ids
+    """`[vqa] question` ids (BOS is added by prefix_lm); BadExample if the question is longer
+    than max_question_len tokens."""
+    question_ids = self.tokenizer.encode(question)
+    if len(question_ids) > self.max_question_len:
+      raise BadExample(f"question of {len(question_ids)} tokens is longer than "
+                       f"max_question_len={self.max_question_len}")
+    return [TASK_IDS["vqa"]] + question_ids
 
   def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Data-source example -> {image [H, W, 3] float32, text/ar_mask/... [max_text_len],
