@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gpt4v_jax.metric_writer import log
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # The batch is split over both data-like axes.
 
@@ -100,9 +102,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules) -> Any:
-  """Tree of `nn.LogicallyPartitioned` (abstract) params -> tree of NamedShardings."""
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  """Tree of `nn.LogicallyPartitioned` (abstract) params -> tree of NamedShardings.
+
+  A param dim that its mesh axes do not divide (a ViT-S's 6 heads over 8-way `tensor`) stays
+  replicated along them, and a line names it: splitting the rest of the model is better than
+  refusing the mesh. (Activations need no such care: GSPMD pads uneven splits.)
+  """
+  specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+  # The boxes' values, not nn.unbox's: that would add a sharding constraint to each.
+  shapes = jax.tree.map(lambda x: x.value if isinstance(x, nn.LogicallyPartitioned) else x,
+                        boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  replicated_dims = []
+
+  def fit(path, named: NamedSharding, value: jax.ShapeDtypeStruct) -> NamedSharding:
+    spec = []
+    padded = tuple(named.spec) + (None,) * (value.ndim - len(named.spec))
+    for i, (size, axes) in enumerate(zip(value.shape, padded)):
+      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      if size % int(np.prod([mesh.shape[a] for a in names])):
+        replicated_dims.append(f"{jax.tree_util.keystr(path)} axis {i} (size {size}) over "
+                               f"{'x'.join(names)}")
+        axes = None
+      spec.append(axes)
+    return NamedSharding(mesh, P(*spec))
+
+  out = jax.tree_util.tree_map_with_path(fit, specs, shapes)
+  if replicated_dims:
+    log(f"Sharding: {len(replicated_dims)} param dims do not divide their mesh axes and stay "
+        f"replicated: {'; '.join(replicated_dims)}")
+  return out
 
 
 def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

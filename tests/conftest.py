@@ -57,3 +57,18 @@ def tiny_vqvae_run(tmp_path_factory, run_main):
   image tokenizer of the tiny text-to-image runs. Copy the workdir before changing it."""
   workdir = tmp_path_factory.mktemp("tiny_vqvae") / "run"
   return run_main(f"--workdir={workdir}", config="shapes_vqvae.py:tiny"), workdir
+
+
+@pytest.fixture(scope="session")
+def vq_workdir(tiny_vqvae_run) -> str:
+  """The workdir of the tiny VQ-VAE run, checked to have finished."""
+  r, workdir = tiny_vqvae_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sources(tiny_data_dir):
+  """{split: data source} of the tiny dataset (built on first use), examples as encoded."""
+  from gpt4v_jax.data import shapes  # Imports jax: only after XLA_FLAGS is set above.
+  return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))

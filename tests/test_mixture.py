@@ -8,22 +8,10 @@ import pytest
 
 from configs import shapes_multitask, shapes_vqa
 from gpt4v_jax import config_checks, decode, sharding, train
-from gpt4v_jax.data import pipeline, shapes
+from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import TASK_IDS, get_tokenizer
 from gpt4v_jax.evals import evaluator
 from gpt4v_jax.objectives import mixture
-
-
-@pytest.fixture(scope="module")
-def tiny_sources(tiny_data_dir):
-  return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
-
-
-@pytest.fixture(scope="module")
-def vq_workdir(tiny_vqvae_run):
-  r, workdir = tiny_vqvae_run
-  assert r.returncode == 0, r.stderr[-3000:]
-  return str(workdir)
 
 
 def _config(vq_workdir, caption_weight=1.0, vqa_weight=1.0, t2i_weight=1.0):

@@ -7,7 +7,7 @@ import pytest
 
 from configs import shapes_caption
 from gpt4v_jax import checkpoint, sharding, train
-from gpt4v_jax.data import pipeline, shapes
+from gpt4v_jax.data import pipeline
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -79,11 +79,6 @@ def test_mesh_errors_name_the_setting():
   mesh = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1))
   with pytest.raises(ValueError, match="config.data.global_batch_size=12"):
     sharding.check_batch_divides(12, mesh, "config.data.global_batch_size")
-
-
-@pytest.fixture(scope="module")
-def tiny_sources(tiny_data_dir):
-  return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
 
 
 def _train_iter(sources, obj, seed=0):
