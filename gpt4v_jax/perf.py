@@ -1,4 +1,12 @@
-"""Throughput accounting: FLOPs per step and the hardware's peak, for MFU in the logs."""
+"""Throughput accounting: the hardware's peak FLOP/s, for MFU in the logs.
+
+A step's FLOPs are model FLOPs, counted by formula from the model's shapes (each module's
+`forward_flops`, each objective's `train_flops_per_example`): 2 per multiply-add of every
+matmul and convolution, causal attention over half its query-key pairs, x3 for forward and
+backward of what is trained and x1 for what is frozen; norms, activations, softmax and the
+optimizer are left out. MaxText and PaLM count the same way. `compiled_flops` (XLA's cost
+analysis of a compiled program) is the independent check the tests hold the count to.
+"""
 import time
 
 import jax

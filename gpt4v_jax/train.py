@@ -267,11 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         skip_nonfinite=config.train.skip_nonfinite_updates),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-    specs = objective.batch_spec(config.data.global_batch_size)
-    step_flops = perf.compiled_flops(
-        train_step.lower(abstract_state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                                                  sharding=batch_sharding)
-                                          for k, v in specs.items()}).compile())
+    # Model FLOPs (the objective's count; perf.py says what it counts) per device and step.
+    step_flops = (objective.train_flops_per_example(model) * config.data.global_batch_size
+                  / jax.device_count())
     log(f"Train step: {step_flops / 1e9:.2f} GFLOP per device; peak {peak / 1e12:.3f} "
         f"TFLOP/s per device ({peak_source}).")
 
@@ -307,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step_time = elapsed / window_steps
         rates = dict(step_time=step_time,
                      examples_per_sec=config.data.global_batch_size / step_time,
+                     tflops_per_device=step_flops / step_time / 1e12,
                      mfu=step_flops / step_time / peak,
                      eta_min=(total_steps - done) * step_time / 60)
         pending = (done, total_steps, metrics, rates, objective.log_keys)
@@ -395,4 +394,4 @@ def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: d
   log(f"step {step}/{total} loss={m['loss']:.4f}{extra} "
       f"lr={m['learning_rate']:.2e} gnorm={m['grad_norm']:.3f} "
       f"{rates['examples_per_sec']:.1f} ex/s {rates['step_time'] * 1e3:.0f} ms/step "
-      f"MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min{faults}")
+      f"{rates['tflops_per_device']:.3g} TFLOP/s/device MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min{faults}")

@@ -69,6 +69,21 @@ class ResNetStem(nn.Module):
   blocks_per_stage: int = 1
   dtype: jnp.dtype = jnp.float32
 
+  def forward_flops(self, image_size: int) -> float:
+    """Conv FLOPs of one image's forward pass (2 per multiply-add)."""
+    num_stages = self.stride.bit_length() - 1
+    first = max(self.features // 2 ** num_stages, 8)
+    flops, cin, grid = 2 * image_size**2 * 9 * 3 * first, first, image_size
+    for stage in range(num_stages):
+      features = max(self.features // 2 ** (num_stages - stage - 1), 8)
+      grid //= 2
+      for block in range(self.blocks_per_stage):
+        flops += 2 * grid**2 * 9 * (cin + features) * features  # conv1, conv2.
+        if block == 0:  # The strided block; its shortcut is a 1x1 conv.
+          flops += 2 * grid**2 * cin * features
+        cin = features
+    return flops
+
   @nn.compact
   def __call__(self, images):
     """[batch, H, W, 3] -> [batch, H/stride, W/stride, features]."""

@@ -227,6 +227,22 @@ class Decoder(nn.Module):
   def resolved_head_dim(self):
     return self.head_dim or self.width // self.num_heads
 
+  def forward_flops(self, seq_len: int, logit_len: int, causal_halving: bool = True) -> float:
+    """Matmul FLOPs of one sequence's forward pass (2 per multiply-add).
+
+    Args:
+      seq_len: tokens through the blocks.
+      logit_len: positions whose logits are computed (the unembedding).
+      causal_halving: count attention over half the [seq, seq] pairs, as MFU conventions
+        (MaxText, PaLM) do for a causal mask; False counts all pairs, as the dense masked
+        computation does them.
+    """
+    s, w, hd = seq_len, self.width, self.resolved_head_dim
+    projections = 2 * s * w * hd * (2 * self.num_heads + 2 * self.num_kv_heads)  # q, o; k, v.
+    attention = 2 * 2 * s * s * self.num_heads * hd * (0.5 if causal_halving else 1.0)
+    mlp = 2 * s * w * self.mlp_dim * (3 if self.mlp_type == "gated" else 2)
+    return self.depth * (projections + attention + mlp) + 2 * logit_len * w * self.vocab_size
+
   def init_cache(self, batch, max_len, dtype=None):
     """Zero KV cache; needs no params, so works on an unbound module.
 

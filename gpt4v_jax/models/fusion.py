@@ -31,6 +31,11 @@ class Projector(nn.Module):
   merge: int = 1
   dtype: jnp.dtype = jnp.float32
 
+  def forward_flops(self, num_vision_tokens: int, vision_width: int) -> float:
+    """Matmul FLOPs of one image's projection."""
+    n, d = num_vision_tokens // self.merge**2, vision_width * self.merge**2
+    return 2 * n * d * self.width + (2 * n * self.width**2 if self.kind == "mlp" else 0)
+
   @nn.compact
   def __call__(self, x):
     """[batch, grid*grid, vision_width] -> [batch, (grid/merge)**2, width]."""

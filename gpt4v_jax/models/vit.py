@@ -166,6 +166,27 @@ class ViT(nn.Module):
   def num_patches(self):
     return (self.image_size // self.patch_size) ** 2
 
+  def forward_flops(self) -> float:
+    """Matmul and conv FLOPs of one image's forward pass (2 per multiply-add; norms,
+    activations and softmax are left out, as MFU conventions do)."""
+    n, w = self.num_patches, self.width
+    if self.stem == "patch":
+      stem, stem_out = 0.0, self.patch_size**2 * 3
+    elif self.stem == "conv":
+      num_layers = self.patch_size.bit_length() - 1
+      stem, cin = 0.0, 3
+      for i in range(num_layers):
+        cout, grid = w // 2 ** (num_layers - i), self.image_size // 2 ** (i + 1)
+        stem += 2 * grid**2 * 9 * cin * cout
+        cin = cout
+      stem_out = cin
+    else:
+      stem = cnn.ResNetStem(self.patch_size, w, self.stem_blocks, parent=None).forward_flops(
+          self.image_size)
+      stem_out = w
+    block = 2 * n * (4 * w * w + 2 * w * self.mlp_dim) + 2 * 2 * n * n * w  # + attention.
+    return stem + 2 * n * stem_out * w + self.depth * block
+
   def _conv_stem(self, images):
     """[batch, H, W, 3] -> [batch, (H/p)*(W/p), channels]: log2(p) stride-2 convs.
 

@@ -87,6 +87,19 @@ class Encoder(nn.Module):
   code_dim: int
   dtype: jnp.dtype = jnp.float32
 
+  def forward_flops(self, image_size: int) -> float:
+    """Conv FLOPs of one image's encoding (2 per multiply-add)."""
+    n = _num_halvings(self.downsample)
+    flops, cin, grid = 0.0, 3, image_size
+    for i in range(n):
+      cout, grid = _width(self.channels, self.min_channels, n - 1 - i), grid // 2
+      flops += 2 * grid**2 * 16 * cin * cout
+      cin = cout
+    c = self.channels
+    flops += 2 * grid**2 * 9 * cin * c
+    flops += self.num_res_blocks * 2 * grid**2 * 10 * c * c  # 3x3 and 1x1 convs.
+    return flops + 2 * grid**2 * c * self.code_dim
+
   @nn.compact
   def __call__(self, images):
     """[B, 64, 64, 3] in [-1, 1] -> [B, h, w, D]."""
@@ -115,6 +128,18 @@ class Decoder(nn.Module):
   num_res_blocks: int
   downsample: int
   dtype: jnp.dtype = jnp.float32
+
+  def forward_flops(self, image_size: int, code_dim: int) -> float:
+    """Conv FLOPs of one image's decoding (2 per multiply-add)."""
+    n = _num_halvings(self.downsample)
+    grid, c = image_size // self.downsample, self.channels
+    flops = 2 * grid**2 * 9 * code_dim * c + self.num_res_blocks * 2 * grid**2 * 10 * c * c
+    cin = c
+    for i in range(n):
+      cout = _width(self.channels, self.min_channels, i + 1)
+      flops += 2 * grid**2 * 9 * cin * 4 * cout
+      cin, grid = cout, grid * 2
+    return flops + 2 * grid**2 * 9 * cin * 3
 
   @nn.compact
   def __call__(self, quantized):
@@ -375,6 +400,19 @@ class VQVAE(nn.Module):
     """
     quantized, aux = self.quantizer(self.encoder(images), train)
     return self.decoder(quantized), aux
+
+  def forward_flops(self, image_size: int = 64, decode: bool = True) -> float:
+    """Conv and matmul FLOPs of one image's encoding, nearest-code search, and (with
+    `decode`) decoding. Unbound: builds its parts anew to count them."""
+    encoder = Encoder(self.channels, self.min_channels, self.num_res_blocks, self.downsample,
+                      self.code_dim, parent=None)
+    grid = image_size // self.downsample
+    flops = encoder.forward_flops(image_size) + 2 * grid**2 * self.code_dim * self.num_codes
+    if decode:
+      decoder = Decoder(self.channels, self.min_channels, self.num_res_blocks,
+                        self.downsample, parent=None)
+      flops += decoder.forward_flops(image_size, self.code_dim)
+    return flops
 
   def encode(self, images):
     """[B, 64, 64, 3] in [-1, 1] -> codes [B, h, w] int32."""

@@ -54,6 +54,10 @@ class VQVAEObjective:
   def build_model(self, model_config) -> vqvae.VQVAE:
     return build_vqvae(model_config)
 
+  def train_flops_per_example(self, model: vqvae.VQVAE) -> float:
+    """Model FLOPs of one image's forward and backward pass (3x the forward's)."""
+    return 3 * model.forward_flops(shapes.IMAGE_SIZE)
+
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     s = shapes.IMAGE_SIZE
     return dict(image=jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
