@@ -271,7 +271,7 @@ def test_gqa(num_kv_heads):
 @pytest.mark.parametrize("overrides", [
     dict(),
     dict(projector="linear", mlp_type="gelu", tie_embeddings=False,
-         dtype="bfloat16", remat=True, vit_stem="conv"),
+         dtype="bfloat16", remat="save_dots", vit_stem="conv"),
     dict(vit_variant="nano/8", projector_merge=2),
     dict(vit_stem="resnet", vit_stem_blocks=2),
 ])
@@ -312,8 +312,9 @@ def test_sharded_apply_matches_single_device(model, variables, apply):
   np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
-def test_remat_matches(variables, apply):
-  remat_model = gpt4v.build_model(small_config(remat=True))
+@pytest.mark.parametrize("policy", ["full", "save_dots"])
+def test_remat_matches(variables, apply, policy):
+  remat_model = gpt4v.build_model(small_config(remat=policy))
   batch = make_batch()
   np.testing.assert_allclose(jax.jit(remat_model.apply)(variables, *batch),
                              apply(variables, *batch), atol=1e-6)
@@ -321,9 +322,12 @@ def test_remat_matches(variables, apply):
   loss = lambda v: jnp.mean(remat_model.apply(v, *batch) ** 2)
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(variables))
   assert jaxpr.count("remat") == 4
+  with pytest.raises(ValueError, match="config.model.remat='some'"):
+    gpt4v.build_model(small_config(remat="some")).init(jax.random.key(0), *batch)
 
 
-def test_remat_gradients_match():
+@pytest.mark.parametrize("policy", ["full", "save_dots"])
+def test_remat_gradients_match(policy):
   # Gradient compiles are slow on CPU: compare on the decoder alone.
   b, t = 2, 4
   x = jax.random.normal(jax.random.key(1), (b, t, 64))
@@ -337,7 +341,7 @@ def test_remat_gradients_match():
     return jax.jit(jax.grad(loss))(numpy_init(dec, x, positions, causal))
 
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               grads(True), grads(False))
+               grads(policy), grads("none"))
 
 
 def test_bfloat16(variables, apply):

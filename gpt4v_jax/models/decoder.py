@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from gpt4v_jax.models import remat as remat_lib
+
 _BTE = ("activation_batch", "activation_length", "activation_embed")
 _BTM = ("activation_batch", "activation_length", "activation_mlp")
 _BTHD = ("activation_batch", "activation_length", "activation_heads",
@@ -195,7 +197,7 @@ class Decoder(nn.Module):
     tie_embeddings: logits = x @ embedding.T, else a separate
       ("embed", "vocab") unembedding.
     rope_base: RoPE wavelength base.
-    remat: rematerialize each block in the backward pass.
+    remat: "none", "full" or "save_dots": see `models/remat.py`.
     dtype: compute dtype; params stay float32, logits are float32.
     dropout: residual dropout rate.
   """
@@ -209,7 +211,7 @@ class Decoder(nn.Module):
   mlp_type: str = "gated"
   tie_embeddings: bool = True
   rope_base: float = 10000.0
-  remat: bool = False
+  remat: str = "none"
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
 
@@ -268,7 +270,7 @@ class Decoder(nn.Module):
       self.unembedding = self.param("unembedding", _init(("embed", "vocab")),
                                     (self.width, self.vocab_size), jnp.float32)
     # static_argnums counts `self` as 0, so 6 is `deterministic`.
-    block = nn.remat(Block, static_argnums=(6,)) if self.remat else Block
+    block = remat_lib.remat(Block, self.remat, static_argnums=(6,))
     self.blocks = [
         block(self.mlp_dim, self.num_heads, self.num_kv_heads,
               self.resolved_head_dim, self.mlp_type, self.rope_base,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from gpt4v_jax.models import cnn
+from gpt4v_jax.models import remat as remat_lib
 
 _BTE = ("activation_batch", "activation_length", "activation_embed")
 _BTM = ("activation_batch", "activation_length", "activation_mlp")
@@ -139,7 +140,7 @@ class ViT(nn.Module):
     width, depth, mlp_dim, num_heads, patch_size: see `vit_variant`.
     image_size: square input resolution; fixes the number of position
       embeddings, (image_size // patch_size) ** 2.
-    remat: rematerialize each block in the backward pass.
+    remat: "none", "full" or "save_dots": see `models/remat.py`.
     dtype: compute dtype; params stay float32.
     dropout: residual dropout rate.
     stem: "patch" (the standard linear patch embedding), "conv" (stride-2 3x3
@@ -158,7 +159,7 @@ class ViT(nn.Module):
   image_size: int = 64
   stem: str = "patch"
   stem_blocks: int = 1
-  remat: bool = False
+  remat: str = "none"
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
 
@@ -243,7 +244,7 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic)
 
     # static_argnums counts `self` as 0, so 2 is `deterministic`.
-    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    block = remat_lib.remat(Block, self.remat, static_argnums=(2,))
     for i in range(self.depth):
       x = block(self.mlp_dim, self.num_heads, self.dtype, self.dropout,
                 name=f"block_{i}")(x, deterministic)
