@@ -39,14 +39,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = sharding.DEFAULT_RULES
 
+  # frozen: top-level param trees left as initialised, e.g. ("vit",) for a frozen encoder
+  # (no gradients, no optimizer state).
   c.optimizer = dict(learning_rate=2e-3, warmup_steps=200, end_learning_rate_fraction=0.02,
-                     b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
+                     b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0, frozen=())
   # skip_nonfinite_updates: False stops the run at a NaN/Inf step; True skips its update
-  # (counted in train/nonfinite_steps).
+  # (counted in train/nonfinite_steps). microbatches: gradient accumulation over that many
+  # slices of the batch per update.
   # With word tokens a step takes ~65 ms on 2 idle cores (byte rows: 270 ms) and learns as
   # much (validation F1 0.75 after 3,000 steps either way), so the run is 10,000 steps.
   c.train = dict(steps=10000, log_every=100, checkpoint_every=2000, keep_checkpoints=2,
-                 skip_nonfinite_updates=False)
+                 skip_nonfinite_updates=False, microbatches=1)
   c.evals = dict(every=2000, during_splits=("validation",), during_num_examples=200,
                  final_splits=("test", "compositional"), final_num_examples=1000,
                  batch_size=200, num_samples_to_print=4)

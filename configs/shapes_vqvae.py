@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # outputs are matched to the codebook, whose scale weight decay would fight); clipping only
   # catches blow-ups.
   c.optimizer = dict(learning_rate=1e-3, warmup_steps=100, end_learning_rate_fraction=1.0,
-                     b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=100.0)
+                     b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=100.0, frozen=())
   # Logging, checkpointing and evals as in shapes_caption (its tiny variant for "tiny"),
   # except for the run length, the schedule and the splits below.
   c.train = base.train

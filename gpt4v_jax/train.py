@@ -141,7 +141,8 @@ def sharded_state_init(config, objective, model, tx, mesh, rules=None):
     params_rng, state_rng = jax.random.split(key)
     variables = nn.unbox(init_boxed_variables(params_rng))
     params = variables.pop("params")
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    opt_state = tx.init(trained_params(params, tuple(config.optimizer.frozen)))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       model_state=variables, rng=state_rng,
                       counters={k: jnp.zeros((), jnp.int32) for k in COUNTERS})
 
@@ -152,7 +153,8 @@ def sharded_state_init(config, objective, model, tx, mesh, rules=None):
   rep = sharding.replicated(mesh)
   # Optimizer moments are laid out like their params; counters are replicated.
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, param_shardings,
+      tx, lambda _, s: s, abstract.opt_state,
+      trained_params(param_shardings, tuple(config.optimizer.frozen)),
       transform_non_params=lambda _: rep)
   shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings,
                          model_state=jax.tree.map(lambda _: rep, abstract.model_state),
@@ -163,28 +165,51 @@ def sharded_state_init(config, objective, model, tx, mesh, rules=None):
   return init, abstract, shardings
 
 
+def trained_params(params: dict, frozen: tuple[str, ...]) -> dict:
+  """`params` without the top-level trees named in config.optimizer.frozen (e.g. "vit"): what
+  the optimizer updates and keeps state for."""
+  unknown = set(frozen) - set(params)
+  if unknown:
+    raise ValueError(f"config.optimizer.frozen={frozen}: {sorted(unknown)} are not top-level "
+                     f"param trees of this model; expected some of {sorted(params)}.")
+  return {name: tree for name, tree in params.items() if name not in frozen}
+
+
 def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
-                    skip_nonfinite: bool):
+                    skip_nonfinite: bool, frozen: tuple[str, ...] = (), microbatches: int = 1):
   """(state, batch) -> (state, metrics): the objective's loss, its gradient, AdamW update.
 
   `metrics["finite"]` says whether loss, gradients and update were all finite. With
   `skip_nonfinite` a step where they are not leaves params and optimizer state as they were
   (the step counter and the data still move on); either way `nonfinite_steps` counts it.
+  `frozen` names top-level param trees (e.g. "vit") that are not differentiated at all, so
+  their backward pass is never computed, and have no optimizer state (`trained_params`). With `microbatches` k > 1 the batch is split into k
+  interleaved micro-batches (rows i, i + k, ...: each stays spread over the data devices),
+  whose gradients are averaged (each micro-batch's loss is its own mean, as big_vision does)
+  before one update; activation memory falls k-fold. `model_state` (a VQ-VAE's EMA codebook)
+  is threaded through the micro-batches in order.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    trained = trained_params(state.params, frozen)
 
-    def loss_fn(params):
-      loss, aux, model_state = objective.loss(model, params, state.model_state, batch,
-                                              dropout_rng, deterministic)
+    def loss_fn(trained, model_state, batch, rng):
+      params = {**state.params, **trained}
+      loss, aux, model_state = objective.loss(model, params, model_state, batch, rng,
+                                              deterministic)
       return loss, (aux, model_state)
 
-    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+      (loss, (aux, model_state)), grads = grad_fn(trained, state.model_state, batch,
+                                                  dropout_rng)
+    else:
+      (loss, aux), grads, model_state = _accumulate(grad_fn, trained, state.model_state,
+                                                    batch, dropout_rng, microbatches)
     grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = {**state.params, **optax.apply_updates(trained, updates)}
     # The update norm catches what loss and gradients miss, e.g. a NaN learning rate.
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(updates)))
@@ -204,6 +229,31 @@ def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
   return train_step
 
 
+def _accumulate(grad_fn, trained, model_state, batch, rng, k):
+  """((mean loss, mean aux), mean gradients, model_state) of `grad_fn` over k micro-batches
+  of `batch`, one after another (lax.scan: one micro-batch's activations live at a time)."""
+
+  def split(x):  # [B, ...] -> [k, B / k, ...], micro-batch i = rows i, i + k, ...
+    x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(
+        x, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+
+  def body(carry, inputs):
+    model_state, grad_sum = carry
+    i, micro = inputs
+    (loss, (aux, model_state)), grads = grad_fn(trained, model_state, micro,
+                                                jax.random.fold_in(rng, i))
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return (model_state, grad_sum), (loss, aux)
+
+  zeros = jax.tree.map(jnp.zeros_like, trained)
+  (model_state, grad_sum), (losses, auxes) = jax.lax.scan(
+      body, (model_state, zeros), (jnp.arange(k), jax.tree.map(split, batch)))
+  mean = lambda x: jnp.mean(x, axis=0)
+  return ((mean(losses), jax.tree.map(mean, auxes)), jax.tree.map(lambda g: g / k, grad_sum),
+          model_state)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict[str, dict]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics.
@@ -217,6 +267,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.data.global_batch_size, mesh, "config.data.global_batch_size")
   sharding.check_batch_divides(config.evals.batch_size, mesh, "config.evals.batch_size")
+  k = config.train.microbatches
+  if k < 1 or config.data.global_batch_size % k:
+    raise ValueError(f"config.train.microbatches={k} must be >= 1 and divide "
+                     f"config.data.global_batch_size={config.data.global_batch_size}.")
+  sharding.check_batch_divides(config.data.global_batch_size // k, mesh,
+                               "The micro-batch config.data.global_batch_size / "
+                               "config.train.microbatches")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     _write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
@@ -264,12 +321,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_step = jax.jit(
         make_train_step(objective, model, tx, schedule,
                         deterministic=config.model.get("dropout", 0.0) == 0.0,
-                        skip_nonfinite=config.train.skip_nonfinite_updates),
+                        skip_nonfinite=config.train.skip_nonfinite_updates,
+                        frozen=tuple(config.optimizer.frozen),
+                        microbatches=config.train.microbatches),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     # Model FLOPs (the objective's count; perf.py says what it counts) per device and step.
-    step_flops = (objective.train_flops_per_example(model) * config.data.global_batch_size
-                  / jax.device_count())
+    step_flops = (objective.train_flops_per_example(model, tuple(config.optimizer.frozen))
+                  * config.data.global_batch_size / jax.device_count())
     log(f"Train step: {step_flops / 1e9:.2f} GFLOP per device; peak {peak / 1e12:.3f} "
         f"TFLOP/s per device ({peak_source}).")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_caption
-from gpt4v_jax import checkpoint, sharding, train
+from gpt4v_jax import checkpoint, perf, sharding, train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.optimizer import make_optimizer
@@ -41,7 +41,9 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
     init, _, shardings = train.sharded_state_init(config, obj, model, tx, mesh)
     bs = sharding.batch_sharding(mesh)
     step = jax.jit(train.make_train_step(obj, model, tx, schedule, deterministic=True,
-                                         skip_nonfinite=False),
+                                         skip_nonfinite=False,
+                                         frozen=tuple(config.optimizer.frozen),
+                                         microbatches=config.train.microbatches),
                    in_shardings=(shardings, bs), out_shardings=(shardings, None),
                    donate_argnums=0)
     state = init()
@@ -141,3 +143,55 @@ def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources
     jax.tree.map(np.testing.assert_array_equal, next(fresh_it), want)
   ckpt.close()
   restored.close()
+
+
+def test_gradient_accumulation_matches_the_whole_batch():
+  """Rows of one length carry equal token counts, so the mean of micro-batch means is the
+  batch mean: 4 micro-batches of 4 give the same losses and params as one batch of 16."""
+  config = _tiny_config()
+  batch, obj = _random_batch(config)
+  assert len(set(batch["loss_mask"].sum(axis=1))) == 1
+  config.mesh.update(data=2, fsdp=4, tensor=1)
+  ref_losses, ref_params, _ = _run_steps(config, jax.devices(), batch, obj.max_text_len)
+  config.train.microbatches = 4
+  losses, params, _ = _run_steps(config, jax.devices(), batch, obj.max_text_len)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
+               params, ref_params)
+
+
+def test_frozen_encoder_gets_no_update_no_optimizer_state_and_no_backward_pass():
+  config = _tiny_config()
+  batch, obj = _random_batch(config)
+  model = build_model(config.model)
+  trained_only = lambda p: {k: v for k, v in p.items() if k != "vit"}
+  config.optimizer.frozen = ("vit",)
+  _, params, _ = _run_steps(config, jax.devices()[:1], batch, obj.max_text_len, num_steps=0)
+  # (The first step's learning rate is 0: warmup starts there.)
+  losses, new_params, _ = _run_steps(config, jax.devices()[:1], batch, obj.max_text_len,
+                                     num_steps=3)
+  assert losses[2] < losses[0]
+  jax.tree.map(np.testing.assert_array_equal, new_params["vit"], params["vit"])
+  assert all(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(trained_only(new_params)), jax.tree.leaves(trained_only(params))))
+  # Adam keeps two moments per trained param and none for the ViT's.
+  tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+  with jax.set_mesh(sharding.make_mesh(config.mesh, jax.devices()[:1])):
+    _, abstract, _ = train.sharded_state_init(config, obj, model, tx, sharding.make_mesh(
+        config.mesh, jax.devices()[:1]))
+  moments = [x for x in jax.tree.leaves(abstract.opt_state) if x.ndim > 0]
+  assert len(moments) == 2 * len(jax.tree.leaves(trained_only(params)))
+  # The compiled step skips the ViT's backward pass: XLA counts ~2 ViT forwards fewer FLOPs.
+  vit_forward = config.data.global_batch_size * model.forward_flops(obj.max_text_len)["vit"]
+  flops = {}
+  for frozen in ((), ("vit",)):
+    state = jax.eval_shape(lambda: train.TrainState(
+        step=jnp.int32(0), params=params, opt_state=tx.init(train.trained_params(params, frozen)),
+        model_state={}, rng=jax.random.key(0),
+        counters={k: jnp.int32(0) for k in train.COUNTERS}))
+    step = train.make_train_step(obj, model, tx, schedule, deterministic=True,
+                                 skip_nonfinite=False, frozen=frozen)
+    flops[frozen] = perf.compiled_flops(jax.jit(step).lower(state, batch).compile())
+  assert flops[()] - flops[("vit",)] == pytest.approx(2 * vit_forward, rel=0.1)
+  with pytest.raises(ValueError, match=r"config.optimizer.frozen=\('vti',\): \['vti'\]"):
+    train.trained_params(params, ("vti",))

@@ -50,14 +50,14 @@ class GPT4V(nn.Module):
     return self.vit.num_patches // self.projector_merge ** 2
 
   def forward_flops(self, text_len: int, causal_halving: bool = True) -> dict[str, float]:
-    """Matmul FLOPs of one example's teacher-forced forward pass, by part: {"encoder" (ViT
-    and projector), "decoder" (blocks over image and text tokens, the text's logits)}."""
+    """Matmul FLOPs of one example's teacher-forced forward pass per top-level param tree:
+    {"vit", "projector", "decoder" (blocks over image and text tokens, the text's logits)}."""
     projector = Projector(self.projector_kind, self.decoder.width, self.projector_merge,
                           parent=None)
-    encoder = (self.vit.forward_flops()
-               + projector.forward_flops(self.vit.num_patches, self.vit.width))
-    return dict(encoder=encoder, decoder=self.decoder.forward_flops(
-        self.num_image_tokens + text_len, text_len, causal_halving))
+    return dict(vit=self.vit.forward_flops(),
+                projector=projector.forward_flops(self.vit.num_patches, self.vit.width),
+                decoder=self.decoder.forward_flops(self.num_image_tokens + text_len, text_len,
+                                                   causal_halving))
 
   def encode_images(self, images, deterministic=True):
     """[batch, H, W, 3] in [-1, 1] -> [batch, num_image_tokens, width]."""

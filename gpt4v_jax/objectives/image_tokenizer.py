@@ -54,8 +54,10 @@ class VQVAEObjective:
   def build_model(self, model_config) -> vqvae.VQVAE:
     return build_vqvae(model_config)
 
-  def train_flops_per_example(self, model: vqvae.VQVAE) -> float:
-    """Model FLOPs of one image's forward and backward pass (3x the forward's)."""
+  def train_flops_per_example(self, model: vqvae.VQVAE, frozen: tuple[str, ...] = ()) -> float:
+    """Model FLOPs of one image's forward and backward pass (3x the forward's; frozen parts
+    are counted as trained: freezing is for GPT4V's encoder)."""
+    del frozen
     return 3 * model.forward_flops(shapes.IMAGE_SIZE)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:

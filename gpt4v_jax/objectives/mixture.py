@@ -40,8 +40,8 @@ class MixtureObjective(PrefixLMObjective):
   def init_variables(self, model, rng):
     return self._widest.init_variables(model, rng)
 
-  def train_flops_per_example(self, model):
-    return self._widest.train_flops_per_example(model)
+  def train_flops_per_example(self, model, frozen=()):
+    return self._widest.train_flops_per_example(model, frozen)
 
   def loss(self, model, params, model_state, batch, rng, deterministic):
     return self._widest.loss(model, params, model_state, batch, rng, deterministic)

@@ -128,11 +128,12 @@ class PrefixLMObjective:
                 targets=jax.ShapeDtypeStruct((b, t), jnp.int32),
                 loss_mask=jax.ShapeDtypeStruct((b, t), jnp.float32))
 
-  def train_flops_per_example(self, model) -> float:
-    """Model FLOPs of one row's forward and backward pass (3x the forward's matmuls; causal
-    attention counted over half its pairs), for MFU."""
+  def train_flops_per_example(self, model, frozen: tuple[str, ...] = ()) -> float:
+    """Model FLOPs of one row's forward and backward pass (3x the forward's matmuls, 1x for
+    the `frozen` param trees, which get no backward pass; causal attention counted over half
+    its pairs), for MFU."""
     forward = model.forward_flops(self.max_text_len)
-    return 3 * (forward["encoder"] + forward["decoder"])
+    return sum(flops * (1 if name in frozen else 3) for name, flops in forward.items())
 
   def init_variables(self, model, rng: jax.Array) -> dict:
     """The model's variables (boxed, with logical axis names), from dummy inputs."""

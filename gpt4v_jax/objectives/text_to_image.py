@@ -94,9 +94,9 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     """The decoder's fresh variables, plus the frozen tokenizer's as `image_tokenizer`."""
     return dict(super().init_variables(model, rng), image_tokenizer=self.vq_variables)
 
-  def train_flops_per_example(self, model) -> float:
+  def train_flops_per_example(self, model, frozen: tuple[str, ...] = ()) -> float:
     """The row's, plus the frozen tokenizer's encoding of its image (forward only)."""
-    return (super().train_flops_per_example(model)
+    return (super().train_flops_per_example(model, frozen)
             + self.vq_model.forward_flops(shapes.IMAGE_SIZE, decode=False))
 
   def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
