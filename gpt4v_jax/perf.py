@@ -43,7 +43,10 @@ def peak_flops_per_device() -> tuple[float, str]:
   if kind in PEAK_FLOPS:
     return PEAK_FLOPS[kind], f"spec sheet ({kind})"
   if jax.devices()[0].platform == "cpu":
-    return measured_matmul_flops(), "measured f32 matmul rate"
+    # --xla_force_host_platform_device_count splits one CPU into devices that share its cores.
+    n = jax.local_device_count()
+    return (measured_matmul_flops() / n,
+            "measured f32 matmul rate" + (f" / {n} devices sharing the CPU" if n > 1 else ""))
   raise ValueError(f"No peak FLOP/s known for device kind {kind!r}; add it to perf.PEAK_FLOPS.")
 
 

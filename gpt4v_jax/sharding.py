@@ -39,6 +39,7 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),
+    ("layers", None),  # The stacked block axis of scan_layers.
     ("patch", None),
     ("image_tokens", None),
     ("conv_height", None),

@@ -10,7 +10,7 @@ import pytest
 import flax.linen as nn
 
 from configs import shapes_caption
-from gpt4v_jax import sharding
+from gpt4v_jax import decode, sharding
 from gpt4v_jax.models import decoder as decoder_lib
 from gpt4v_jax.models import cnn
 from gpt4v_jax.models import fusion
@@ -20,7 +20,7 @@ from gpt4v_jax.models import vit as vit_lib
 RULES = sharding.DEFAULT_RULES
 PARAM_NAMES = {"embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "norm",
                "patch", "image_tokens", "vision_embed", "conv_height", "conv_width", "conv_in",
-               "conv_out"}
+               "conv_out", "layers"}
 NUM_IMAGE_TOKENS = 16  # nano/16 on 64x64 images.
 VOCAB = 128
 BATCH = 8  # Divisible by the 2x4 ("data", "fsdp") mesh.
@@ -274,6 +274,7 @@ def test_gqa(num_kv_heads):
          dtype="bfloat16", remat="save_dots", vit_stem="conv"),
     dict(vit_variant="nano/8", projector_merge=2),
     dict(vit_stem="resnet", vit_stem_blocks=2),
+    dict(scan_layers=True, remat="full"),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))
@@ -351,3 +352,43 @@ def test_bfloat16(variables, apply):
   assert logits.dtype == jnp.float32
   # Same float32 params, bf16 compute: logits stay close.
   np.testing.assert_allclose(logits, apply(variables, *batch), atol=0.25)
+
+
+def _stack_blocks(tree: dict, depth: int) -> dict:
+  """Unrolled params {block_0: p0, block_1: p1, ...} -> scanned {blocks: stack(p0, p1, ...)}."""
+  out = {k: v for k, v in tree.items() if not k.startswith("block_")}
+  out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                               *[tree[f"block_{i}"] for i in range(depth)])
+  return out
+
+
+def test_scanned_layers_match_unrolled_forward_gradients_and_cached_decoding(variables, apply):
+  """The same weights, stacked for nn.scan, give the same logits, gradients (restacked) and
+  KV-cache greedy decoding as the unrolled blocks."""
+  scanned = gpt4v.build_model(small_config(scan_layers=True))
+  boxed = jax.eval_shape(scanned.init, jax.random.key(0), *make_batch())
+  assert nn.get_partition_spec(boxed)["params"]["decoder"]["blocks"]["attn"]["query"] == (
+      jax.sharding.PartitionSpec("layers", "embed", "heads", "head_dim"))
+  params = nn.unbox(variables)["params"]
+  stacked = dict(params, vit=_stack_blocks(params["vit"], 2),
+                 decoder=_stack_blocks(params["decoder"], 2))
+  jax.tree.map(lambda a, b: None if a.shape == b.shape else pytest.fail(f"{a.shape} {b.shape}"),
+               stacked, nn.unbox(boxed)["params"])
+  batch = make_batch()
+  np.testing.assert_allclose(jax.jit(scanned.apply)({"params": stacked}, *batch),
+                             apply(variables, *batch), atol=1e-5)
+
+  loss = lambda model: jax.jit(jax.grad(
+      lambda p: jnp.mean(model.apply({"params": p}, *batch) ** 2)))
+  unrolled = loss(gpt4v.build_model(small_config()))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               loss(scanned)(stacked),
+               dict(unrolled, vit=_stack_blocks(unrolled["vit"], 2),
+                    decoder=_stack_blocks(unrolled["decoder"], 2)))
+
+  images, text, _, input_mask = batch
+  prompt, prompt_mask = text[:, :4], input_mask[:, :4]
+  greedy = lambda model, p: decode.greedy_decode(model, p, images, prompt, prompt_mask,
+                                                 max_new_tokens=5, eos_id=-1, pad_id=0)
+  np.testing.assert_array_equal(greedy(scanned, stacked),
+                                greedy(gpt4v.build_model(small_config()), params))

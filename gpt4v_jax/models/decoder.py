@@ -198,6 +198,8 @@ class Decoder(nn.Module):
       ("embed", "vocab") unembedding.
     rope_base: RoPE wavelength base.
     remat: "none", "full" or "save_dots": see `models/remat.py`.
+    scan_layers: run the blocks as one `nn.scan` over stacked params (a leading "layers"
+      axis) and, when decoding, a stacked cache: XLA compiles one block instead of `depth`.
     dtype: compute dtype; params stay float32, logits are float32.
     dropout: residual dropout rate.
   """
@@ -212,6 +214,7 @@ class Decoder(nn.Module):
   tie_embeddings: bool = True
   rope_base: float = 10000.0
   remat: str = "none"
+  scan_layers: bool = False
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
 
@@ -249,10 +252,14 @@ class Decoder(nn.Module):
     """Zero KV cache; needs no params, so works on an unbound module.
 
     Returns:
-      [dict(k=zeros[batch, max_len, kv_heads, head_dim], v=...)] * depth.
+      [dict(k=zeros[batch, max_len, kv_heads, head_dim], v=...)] * depth, or with
+      scan_layers one dict(k=zeros[depth, batch, max_len, kv_heads, head_dim], v=...).
     """
     shape = (batch, max_len, self.num_kv_heads, self.resolved_head_dim)
     dtype = dtype or self.dtype
+    if self.scan_layers:
+      shape = (self.depth,) + shape
+      return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
     return [dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
             for _ in range(self.depth)]
 
@@ -271,12 +278,18 @@ class Decoder(nn.Module):
                                     (self.width, self.vocab_size), jnp.float32)
     # static_argnums counts `self` as 0, so 6 is `deterministic`.
     block = remat_lib.remat(Block, self.remat, static_argnums=(6,))
-    self.blocks = [
-        block(self.mlp_dim, self.num_heads, self.num_kv_heads,
-              self.resolved_head_dim, self.mlp_type, self.rope_base,
-              self.dtype, self.dropout, name=f"block_{i}")
-        for i in range(self.depth)
-    ]
+    args = (self.mlp_dim, self.num_heads, self.num_kv_heads, self.resolved_head_dim,
+            self.mlp_type, self.rope_base, self.dtype, self.dropout)
+    if self.scan_layers:
+      # Carry x; the cache (or None) is scanned over its leading layer axis; positions,
+      # mask, cache index and `deterministic` are the same for every layer.
+      self.blocks = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+          length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
+      )(*args, name="blocks")
+    else:
+      self.blocks = [block(*args, name=f"block_{i}") for i in range(self.depth)]
     self.final_norm = _rms_norm(self.dtype, "final_norm")
     self.embed_dropout = nn.Dropout(self.dropout)
 
@@ -305,13 +318,16 @@ class Decoder(nn.Module):
     """
     x = nn.with_logical_constraint(x.astype(self.dtype), _BTE)
     x = self.embed_dropout(x, deterministic)
-    new_cache = None if cache is None else []
-    for i, block in enumerate(self.blocks):
-      x, layer_cache = block(x, positions, attn_mask,
-                             None if cache is None else cache[i], cache_index,
-                             deterministic)
-      if cache is not None:
-        new_cache.append(layer_cache)
+    if self.scan_layers:
+      x, new_cache = self.blocks(x, positions, attn_mask, cache, cache_index, deterministic)
+    else:
+      new_cache = None if cache is None else []
+      for i, block in enumerate(self.blocks):
+        x, layer_cache = block(x, positions, attn_mask,
+                               None if cache is None else cache[i], cache_index,
+                               deterministic)
+        if cache is not None:
+          new_cache.append(layer_cache)
     x = self.final_norm(x)
     if self.tie_embeddings:
       logits = jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.dtype),

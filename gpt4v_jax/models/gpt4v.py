@@ -169,7 +169,7 @@ def build_model(cfg):
   """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py)."""
   dtype = jnp.dtype(cfg.dtype)
   vit = ViT(**vit_variant(cfg.vit_variant), stem=cfg.vit_stem, stem_blocks=cfg.vit_stem_blocks,
-            remat=cfg.remat, dtype=dtype, dropout=cfg.dropout)
+            remat=cfg.remat, scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
   decoder = Decoder(
       vocab_size=cfg.vocab_size,
       width=cfg.width,
@@ -181,6 +181,7 @@ def build_model(cfg):
       tie_embeddings=cfg.tie_embeddings,
       rope_base=cfg.rope_base,
       remat=cfg.remat,
+      scan_layers=cfg.scan_layers,
       dtype=dtype,
       dropout=cfg.dropout)
   return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector,

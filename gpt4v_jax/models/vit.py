@@ -133,6 +133,13 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, _BTE)
 
 
+class _ScannedBlock(Block):
+  """A `Block` in `nn.scan`'s (carry, output) form."""
+
+  def __call__(self, x, deterministic):
+    return super().__call__(x, deterministic), None
+
+
 class ViT(nn.Module):
   """ViT encoder returning all patch tokens (no pooling, no class token).
 
@@ -141,6 +148,7 @@ class ViT(nn.Module):
     image_size: square input resolution; fixes the number of position
       embeddings, (image_size // patch_size) ** 2.
     remat: "none", "full" or "save_dots": see `models/remat.py`.
+    scan_layers: run the blocks as one `nn.scan` over stacked params, see `Decoder`.
     dtype: compute dtype; params stay float32.
     dropout: residual dropout rate.
     stem: "patch" (the standard linear patch embedding), "conv" (stride-2 3x3
@@ -160,6 +168,7 @@ class ViT(nn.Module):
   stem: str = "patch"
   stem_blocks: int = 1
   remat: str = "none"
+  scan_layers: bool = False
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
 
@@ -244,8 +253,15 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic)
 
     # static_argnums counts `self` as 0, so 2 is `deterministic`.
-    block = remat_lib.remat(Block, self.remat, static_argnums=(2,))
-    for i in range(self.depth):
-      x = block(self.mlp_dim, self.num_heads, self.dtype, self.dropout,
-                name=f"block_{i}")(x, deterministic)
+    args = (self.mlp_dim, self.num_heads, self.dtype, self.dropout)
+    if self.scan_layers:
+      block = remat_lib.remat(_ScannedBlock, self.remat, static_argnums=(2,))
+      x, _ = nn.scan(block, variable_axes={"params": 0},
+                     split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                     length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
+                     )(*args, name="blocks")(x, deterministic)
+    else:
+      block = remat_lib.remat(Block, self.remat, static_argnums=(2,))
+      for i in range(self.depth):
+        x = block(*args, name=f"block_{i}")(x, deterministic)
     return _norm(self.dtype, "ln_final")(x)
