@@ -34,6 +34,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax  # After flag parsing, so XLA_FLAGS set by the caller apply.
   if _DISTRIBUTED.value:
+    # CPU processes (tests, a laptop) exchange collectives over gloo; accelerators' own
+    # collectives are unaffected.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from gpt4v_jax import preemption, train

@@ -95,6 +95,29 @@ def _checked(example_fn: Callable[[dict, np.random.Generator], dict], on_bad_exa
   return fn
 
 
+class _ProcessRows(grain.MapDataset):
+  """Process `index`'s rows of each global batch of `parent`, so the processes' local batches
+  side by side are the one-process run's global batch: local element j is parent element
+  (j // local) * global + index * local + j % local. Elements are made lazily, so a process
+  decodes only its own rows. (A dropped bad example shifts only its own process's rows.)"""
+
+  def __init__(self, parent: grain.MapDataset, local_batch: int, count: int, index: int):
+    super().__init__(parent)
+    self._local, self._global, self._offset = local_batch, local_batch * count, index * local_batch
+
+  def __len__(self) -> int:
+    return len(self._parent) // (self._global // self._local)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local)
+    return self._parent[batch * self._global + self._offset + row]
+
+  def __str__(self) -> str:
+    return f"_ProcessRows(local={self._local}, global={self._global}, offset={self._offset})"
+
+
 class _DropBadIterator(grain.DatasetIterator):
   """Yields the good rows, each with `skipped`: bad examples dropped since the previous one.
 
@@ -139,11 +162,13 @@ def train_dataset(source: Any,
   """
   if on_bad_example not in ON_BAD_EXAMPLE:
     raise ValueError(f"on_bad_example={on_bad_example!r}: expected one of {ON_BAD_EXAMPLE}.")
-  shard = grain.MapDataset.source(source)[process_index::process_count]  # Disjoint per host.
-  streams = [shard.seed(seed + k).shuffle().repeat()  # Deterministic; new order every epoch.
+  source = grain.MapDataset.source(source)
+  streams = [source.seed(seed + k).shuffle().repeat()  # Deterministic; new order every epoch.
              .random_map(_checked(example_fn, on_bad_example))
              for k, (example_fn, _) in enumerate(components)]
   ds = grain.MapDataset.mix(streams, [weight for _, weight in components])
+  if process_count > 1:  # Every process walks the same global order and reads its rows.
+    ds = _ProcessRows(ds, local_batch_size, process_count, process_index)
   # Threads keep about two batches of examples ready; dropping and batching are cheap.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=2 * local_batch_size))
