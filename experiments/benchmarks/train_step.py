@@ -1,0 +1,70 @@
+"""Train step time, tokens/s and MFU, against the matmul rate measured in the same process.
+
+  python -m experiments.benchmarks.train_step [--models=default,mid] [--batch=8] [--repeats=5]
+
+Each variant jits the real train step (objective loss, gradients, AdamW) on one device over a
+random batch; MFU is the objective's model-FLOP count per step over the median step time and
+the peak (the spec sheet on TPU/GPU; on CPU the f32 matmul rate measured here first).
+"""
+import jax
+import flax.linen as nn
+from absl import app, flags
+
+from experiments.benchmarks import common
+from gpt4v_jax import perf, sharding, train
+from gpt4v_jax.optimizer import make_optimizer
+
+_MODELS = flags.DEFINE_list("models", ["default", "mid"], "common.model_config names.")
+_VARIANTS = flags.DEFINE_list("variants", ["float32", "bfloat16", "remat_full", "save_dots"],
+                              "float32 | bfloat16 | remat_full | save_dots | scan")
+_BATCH = flags.DEFINE_integer("batch", 8, "Examples per step.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps (median reported).")
+
+VARIANTS = dict(float32={}, bfloat16=dict(dtype="bfloat16"), remat_full=dict(remat="full"),
+                save_dots=dict(remat="save_dots"), scan=dict(scan_layers=True))
+
+
+def measure(config, batch_size: int, repeats: int, peak: float) -> dict:
+  """One variant's median step time and rates on the first device."""
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  objective = train.make_objective(config)
+  model = objective.build_model(config.model)
+  tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+    init, _, shardings = train.sharded_state_init(config, objective, model, tx, mesh)
+    step = jax.jit(train.make_train_step(objective, model, tx, schedule, deterministic=True,
+                                         skip_nonfinite=False), donate_argnums=0)
+    batch = common.random_batch(objective, batch_size, config.model.vocab_size)
+    state = init()
+    holder = [state]
+
+    def run(batch):  # Threads the donated state through the timed calls.
+      holder[0], metrics = step(holder[0], batch)
+      return metrics["loss"]
+
+    seconds = common.time_calls(run, batch, repeats=repeats)
+  flops = objective.train_flops_per_example(model) * batch_size
+  tokens = batch_size * (model.num_image_tokens + objective.max_text_len)
+  params = sum(x.size for x in jax.tree.leaves(holder[0].params))
+  return dict(params_M=params / 1e6, tokens_per_step=tokens, gflop_per_step=flops / 1e9,
+              step_ms=seconds * 1e3, tokens_per_s=tokens / seconds,
+              tflops_per_s=flops / seconds / 1e12, mfu=flops / seconds / peak)
+
+
+def main(argv):
+  del argv
+  peak, source = perf.peak_flops_per_device()
+  rows = []
+  for name in _MODELS.value:
+    for variant in _VARIANTS.value:
+      config = common.model_config(name)
+      config.model.update(VARIANTS[variant])
+      rows.append(dict(model=name, variant=variant,
+                       **measure(config, _BATCH.value, _REPEATS.value, peak)))
+  common.report("train_step", rows, notes=f"batch {_BATCH.value}; peak {peak / 1e12:.3f} "
+                f"TFLOP/s per device, {source}")
+
+
+if __name__ == "__main__":
+  app.run(main)
