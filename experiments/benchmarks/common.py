@@ -10,10 +10,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 from configs import shapes_caption
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_RESULTS = flags.DEFINE_string(
+    "results_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+    "Where <benchmark>.json is written.")
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -66,15 +69,15 @@ def machine() -> dict:
 
 def report(name: str, rows: list[dict], notes: str = "") -> str:
   """Prints `rows` as a markdown table and writes them, with the machine, to
-  results/<name>.json. Returns the table."""
+  <--results_dir>/<name>.json. Returns the table."""
   columns = list(rows[0])
   fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
   table = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
                     + ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows])
   print(f"{name} on {machine()['device_kind']} x{jax.device_count()}"
         + (f" ({notes})" if notes else "") + "\n" + table, flush=True)
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+  os.makedirs(_RESULTS.value, exist_ok=True)
+  with open(os.path.join(_RESULTS.value, f"{name}.json"), "w") as f:
     json.dump(dict(benchmark=name, date=datetime.datetime.now().isoformat(timespec="seconds"),
                    machine=machine(), notes=notes, rows=rows), f, indent=1)
   return table

@@ -1,0 +1,25 @@
+"""The benchmarks run (smallest settings) and write their JSON: they are not timed here, only
+kept from rotting."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("module, flags", [
+    ("train_step", ["--models=default", "--variants=float32", "--batch=2", "--repeats=1"]),
+    ("decode", ["--model=default", "--batch=2", "--lengths=4", "--repeats=1"]),
+])
+def test_benchmark_prints_a_table_and_writes_json(tmp_path, module, flags):
+  r = subprocess.run([sys.executable, "-m", f"experiments.benchmarks.{module}", *flags,
+                      f"--results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600, env={"PATH": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"{module} on cpu" in r.stdout and "|---|" in r.stdout
+  result = json.loads((tmp_path / f"{module}.json").read_text())
+  assert result["machine"]["platform"] == "cpu" and result["rows"]
+  if module == "decode":  # One compile per decoder and length, none per token.
+    assert result["rows"][0]["cache_compiles"] == result["rows"][0]["recompute_compiles"] == 1
