@@ -29,6 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 16x16 patches: 16 image tokens keep the decoder's sequence short on a CPU.
       vit_variant="mu/16", vit_stem="patch", vit_stem_blocks=1, projector="linear",
       projector_merge=1,
+      # fusion: "prefix" (image tokens lead the decoder's sequence) or "cross_attention"
+      # (Flamingo: gated cross-attention blocks before every cross_attention_every-th block).
+      fusion="prefix", cross_attention_every=1,
       vocab_size=128,  # 75 tokenizer ids, padded to a multiple of 128 for sharding.
       # Two decoder layers learn as much per example as four (validation F1 0.25 vs 0.24 after
       # 600 steps) at 57% of the step FLOPs, so 20 minutes buy 1.5x the examples.

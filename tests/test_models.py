@@ -275,6 +275,7 @@ def test_gqa(num_kv_heads):
     dict(vit_variant="nano/8", projector_merge=2),
     dict(vit_stem="resnet", vit_stem_blocks=2),
     dict(scan_layers=True, remat="full"),
+    dict(fusion="cross_attention", cross_attention_every=2),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))
@@ -392,3 +393,31 @@ def test_scanned_layers_match_unrolled_forward_gradients_and_cached_decoding(var
                                                  max_new_tokens=5, eos_id=-1, pad_id=0)
   np.testing.assert_array_equal(greedy(scanned, stacked),
                                 greedy(gpt4v.build_model(small_config()), params))
+
+
+def test_cross_attention_fusion_starts_text_only_and_decodes_like_its_forward_pass():
+  model = gpt4v.build_model(small_config(fusion="cross_attention", cross_attention_every=1))
+  assert model.num_image_tokens == 0 and model.num_vision_tokens == NUM_IMAGE_TOKENS
+  images, text, ar_mask, input_mask = make_batch()
+  other_images = -images
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), *make_batch()))["params"]
+  assert set(params["decoder"]) >= {"xattn_0", "xattn_1"}
+  apply = jax.jit(lambda p, images, image_mask=None: model.apply(
+      {"params": p}, images, text, ar_mask, input_mask, image_mask=image_mask))
+  # Zero-initialised tanh gates: the image has no effect yet.
+  np.testing.assert_array_equal(apply(params, images), apply(params, other_images))
+  gated = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.5 if "gate" in jax.tree_util.keystr(path) else x, params)
+  assert np.abs(apply(gated, images) - apply(gated, other_images)).max() > 1e-3
+  # A hidden image is no image at all.
+  hidden = jnp.zeros(BATCH, bool)
+  np.testing.assert_allclose(apply(gated, images, hidden), apply(gated, other_images, hidden),
+                             atol=1e-6)
+  # KV-cache decoding (image tokens carried in the decode state) equals recomputing.
+  prompt, prompt_mask = text[:, :4], input_mask[:, :4]
+  kwargs = dict(max_new_tokens=5, eos_id=-1, pad_id=0)
+  np.testing.assert_array_equal(
+      decode.greedy_decode(model, gated, images, prompt, prompt_mask, **kwargs),
+      decode.greedy_decode_no_cache(model, gated, images, prompt, prompt_mask, **kwargs))
+  with pytest.raises(ValueError, match="fusion='sideways'"):
+    gpt4v.build_model(small_config(fusion="sideways"))

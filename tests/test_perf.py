@@ -24,6 +24,7 @@ def test_cpu_peak_is_measured():
     dict(vit_variant="S/16", width=512, depth=4, mlp_dim=2048, num_heads=8, num_kv_heads=8),
     dict(vit_stem="resnet", projector="mlp", mlp_type="gated"),
     dict(vit_stem="conv", projector_merge=2),
+    dict(fusion="cross_attention", cross_attention_every=1),
 ])
 def test_flop_count_agrees_with_xla_cost_analysis(overrides):
   """The formula (all attention pairs counted, as the dense masked computation does them)

@@ -151,6 +151,53 @@ class Mlp(nn.Module):
     return nn.with_logical_constraint(y, _BTE)
 
 
+class GatedCrossAttention(nn.Module):
+  """Flamingo's gated cross-attention dense block: the text attends to the image tokens, and
+  tanh gates that start at zero add the result, so a new block starts as the identity and
+  the decoder first behaves as a text-only LM (Alayrac et al. 2022)."""
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  mlp_type: str
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, context_visible):
+    """x: [batch, t, embed]; context: [batch, n, embed] image tokens; context_visible:
+    [batch] bool, False where an example's image is hidden (its rows get no image
+    information). Returns [batch, t, embed]."""
+    width, h, d = x.shape[-1], self.num_heads, self.head_dim
+    wq = self.param("query", _init(("embed", "heads", "head_dim"), 0, (1, 2)), (width, h, d),
+                    jnp.float32)
+    wk = self.param("key", _init(("embed", "heads", "head_dim"), 0, (1, 2)), (width, h, d),
+                    jnp.float32)
+    wv = self.param("value", _init(("embed", "heads", "head_dim"), 0, (1, 2)), (width, h, d),
+                    jnp.float32)
+    wo = self.param("out", _init(("heads", "head_dim", "embed"), (0, 1), 2), (h, d, width),
+                    jnp.float32)
+    gate_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ())
+    gate_attn = self.param("gate_attn", gate_init, (), jnp.float32)
+    gate_mlp = self.param("gate_mlp", gate_init, (), jnp.float32)
+
+    y = _rms_norm(self.dtype, "norm_xattn")(x)
+    context = context.astype(self.dtype)
+    q = nn.with_logical_constraint(jnp.einsum("bte,ehd->bthd", y, wq.astype(self.dtype)), _BTHD)
+    k = nn.with_logical_constraint(jnp.einsum("bne,ehd->bnhd", context, wk.astype(self.dtype)),
+                                   _BTHD)
+    v = nn.with_logical_constraint(jnp.einsum("bne,ehd->bnhd", context, wv.astype(self.dtype)),
+                                   _BTHD)
+    visible = context_visible.astype(bool)
+    mask = jnp.broadcast_to(visible[:, None, None, None], (x.shape[0], 1, x.shape[1],
+                                                           context.shape[1]))
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    # A hidden image's row attends to nothing: its (uniform) attention output is zeroed.
+    y = jnp.einsum("bthd,hde->bte", y, wo.astype(self.dtype)) * visible[:, None, None]
+    x = x + jnp.tanh(gate_attn).astype(self.dtype) * nn.with_logical_constraint(y, _BTE)
+    y = Mlp(self.mlp_dim, self.mlp_type, self.dtype, name="mlp")(
+        _rms_norm(self.dtype, "norm_mlp")(x))
+    return nn.with_logical_constraint(x + jnp.tanh(gate_mlp).astype(self.dtype) * y, _BTE)
+
+
 class Block(nn.Module):
   """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x))."""
   mlp_dim: int
@@ -200,6 +247,8 @@ class Decoder(nn.Module):
     remat: "none", "full" or "save_dots": see `models/remat.py`.
     scan_layers: run the blocks as one `nn.scan` over stacked params (a leading "layers"
       axis) and, when decoding, a stacked cache: XLA compiles one block instead of `depth`.
+    cross_attention_every: 0 for none; k > 0 puts a `GatedCrossAttention` to the image
+      tokens (`context`) before blocks 0, k, 2k, ... (Flamingo-style fusion).
     dtype: compute dtype; params stay float32, logits are float32.
     dropout: residual dropout rate.
   """
@@ -215,11 +264,15 @@ class Decoder(nn.Module):
   rope_base: float = 10000.0
   remat: str = "none"
   scan_layers: bool = False
+  cross_attention_every: int = 0
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
 
   def __post_init__(self):
     # Validate at construction so a bad config fails before any tracing.
+    if self.cross_attention_every and self.scan_layers:
+      raise ValueError("config.model.scan_layers=True does not support cross-attention "
+                       "fusion yet; use fusion='prefix' or scan_layers=False.")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}.")
@@ -232,7 +285,8 @@ class Decoder(nn.Module):
   def resolved_head_dim(self):
     return self.head_dim or self.width // self.num_heads
 
-  def forward_flops(self, seq_len: int, logit_len: int, causal_halving: bool = True) -> float:
+  def forward_flops(self, seq_len: int, logit_len: int, causal_halving: bool = True,
+                    context_len: int = 0) -> float:
     """Matmul FLOPs of one sequence's forward pass (2 per multiply-add).
 
     Args:
@@ -241,12 +295,19 @@ class Decoder(nn.Module):
       causal_halving: count attention over half the [seq, seq] pairs, as MFU conventions
         (MaxText, PaLM) do for a causal mask; False counts all pairs, as the dense masked
         computation does them.
+      context_len: image tokens the cross-attention blocks attend to.
     """
     s, w, hd = seq_len, self.width, self.resolved_head_dim
     projections = 2 * s * w * hd * (2 * self.num_heads + 2 * self.num_kv_heads)  # q, o; k, v.
     attention = 2 * 2 * s * s * self.num_heads * hd * (0.5 if causal_halving else 1.0)
     mlp = 2 * s * w * self.mlp_dim * (3 if self.mlp_type == "gated" else 2)
-    return self.depth * (projections + attention + mlp) + 2 * logit_len * w * self.vocab_size
+    every = self.cross_attention_every
+    num_xattn = len(range(0, self.depth, every)) if every else 0
+    h = self.num_heads * hd
+    xattn = (2 * 2 * (s + context_len) * w * h  # q, o over the text; k, v over the image.
+             + 2 * 2 * s * context_len * h + mlp)
+    return (self.depth * (projections + attention + mlp) + num_xattn * xattn
+            + 2 * logit_len * w * self.vocab_size)
 
   def init_cache(self, batch, max_len, dtype=None):
     """Zero KV cache; needs no params, so works on an unbound module.
@@ -290,6 +351,11 @@ class Decoder(nn.Module):
       )(*args, name="blocks")
     else:
       self.blocks = [block(*args, name=f"block_{i}") for i in range(self.depth)]
+    every = self.cross_attention_every
+    self.cross_attention = [
+        GatedCrossAttention(self.num_heads, self.resolved_head_dim, self.mlp_dim,
+                            self.mlp_type, self.dtype, name=f"xattn_{i}")
+        if every and i % every == 0 else None for i in range(self.depth)]
     self.final_norm = _rms_norm(self.dtype, "final_norm")
     self.embed_dropout = nn.Dropout(self.dropout)
 
@@ -300,7 +366,7 @@ class Decoder(nn.Module):
     return nn.with_logical_constraint(x, _BTE)
 
   def __call__(self, x, positions, attn_mask, cache=None, cache_index=None,
-               deterministic=True):
+               deterministic=True, context=None, context_visible=None):
     """Runs the blocks and the unembedding.
 
     Args:
@@ -312,6 +378,9 @@ class Decoder(nn.Module):
         written at slots [cache_index, cache_index + t).
       cache_index: scalar int32 (may be traced), used with cache.
       deterministic: disables dropout.
+      context: [batch, n, width] image tokens for the cross-attention blocks (needed iff
+        cross_attention_every > 0).
+      context_visible: [batch] bool, False hides an example's image from them.
 
     Returns:
       (logits [batch, t, vocab] float32, updated cache or None).
@@ -323,6 +392,8 @@ class Decoder(nn.Module):
     else:
       new_cache = None if cache is None else []
       for i, block in enumerate(self.blocks):
+        if self.cross_attention[i] is not None:
+          x = self.cross_attention[i](x, context, context_visible)
         x, layer_cache = block(x, positions, attn_mask,
                                None if cache is None else cache[i], cache_index,
                                deterministic)

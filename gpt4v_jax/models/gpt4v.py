@@ -35,19 +35,40 @@ class GPT4V(nn.Module):
       dtype.
     projector_merge: vision tokens merged per side into one decoder token,
       see `Projector`.
+    fusion: "prefix" (PaliGemma/LLaVA: the image tokens lead the decoder's sequence) or
+      "cross_attention" (Flamingo: the sequence is text only, and the decoder's
+      `GatedCrossAttention` blocks attend to the image tokens; the decoder must have
+      cross_attention_every > 0).
   """
   vit: ViT
   decoder: Decoder
   projector_kind: str = "mlp"
   projector_merge: int = 1
+  fusion: str = "prefix"
+
+  def __post_init__(self):
+    if self.fusion not in ("prefix", "cross_attention"):
+      raise ValueError(f"config.model.fusion={self.fusion!r}: expected 'prefix' or "
+                       "'cross_attention'.")
+    if (self.fusion == "cross_attention") != (self.decoder.cross_attention_every > 0):
+      raise ValueError(f"fusion={self.fusion!r} needs a decoder with cross-attention blocks "
+                       "exactly when it is 'cross_attention'.")
+    super().__post_init__()
 
   def setup(self):
     self.projector = Projector(self.projector_kind, self.decoder.width,
                                self.projector_merge, self.decoder.dtype)
 
   @property
-  def num_image_tokens(self):
+  def num_vision_tokens(self):
+    """Image tokens out of the projector."""
     return self.vit.num_patches // self.projector_merge ** 2
+
+  @property
+  def num_image_tokens(self):
+    """Image tokens in the decoder's sequence: all of them with prefix fusion, none with
+    cross-attention."""
+    return self.num_vision_tokens if self.fusion == "prefix" else 0
 
   def forward_flops(self, text_len: int, causal_halving: bool = True) -> dict[str, float]:
     """Matmul FLOPs of one example's teacher-forced forward pass per top-level param tree:
@@ -56,11 +77,12 @@ class GPT4V(nn.Module):
                           parent=None)
     return dict(vit=self.vit.forward_flops(),
                 projector=projector.forward_flops(self.vit.num_patches, self.vit.width),
-                decoder=self.decoder.forward_flops(self.num_image_tokens + text_len, text_len,
-                                                   causal_halving))
+                decoder=self.decoder.forward_flops(
+                    self.num_image_tokens + text_len, text_len, causal_halving,
+                    context_len=self.num_vision_tokens - self.num_image_tokens))
 
   def encode_images(self, images, deterministic=True):
-    """[batch, H, W, 3] in [-1, 1] -> [batch, num_image_tokens, width]."""
+    """[batch, H, W, 3] in [-1, 1] -> [batch, num_vision_tokens, width]."""
     return self.projector(self.vit(images, deterministic))
 
   def __call__(self, images, text, ar_mask, input_mask, deterministic=True,
@@ -84,8 +106,8 @@ class GPT4V(nn.Module):
     """
     b, t = text.shape
     n = self.num_image_tokens
-    x = jnp.concatenate([self.encode_images(images, deterministic),
-                         self.decoder.embed(text)], axis=1)
+    x, context = self._fuse(self.encode_images(images, deterministic),
+                            self.decoder.embed(text), image_mask)
     ar_mask = jnp.concatenate(
         [jnp.zeros((b, n), jnp.int32), ar_mask.astype(jnp.int32)], axis=1)
     input_mask = jnp.concatenate(
@@ -93,8 +115,19 @@ class GPT4V(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(n + t), (b, n + t))
     logits, _ = self.decoder(x, positions,
                              prefix_lm_mask(ar_mask, input_mask),
-                             deterministic=deterministic)
+                             deterministic=deterministic, **context)
     return logits[:, n:]
+
+  def _fuse(self, image_tokens, text_embeds, image_mask):
+    """(decoder input, decoder keyword args): with prefix fusion the image tokens
+    [batch, n, width] lead the text [batch, t, width] in one sequence; with cross-attention
+    the sequence is the text and they are the `context` (hidden where image_mask is False).
+    """
+    if self.fusion == "prefix":
+      return jnp.concatenate([image_tokens, text_embeds], axis=1), {}
+    b = text_embeds.shape[0]
+    visible = jnp.ones((b,), bool) if image_mask is None else image_mask.astype(bool)
+    return text_embeds, dict(context=image_tokens, context_visible=visible)
 
   def prefill(self, images, prompt, prompt_mask, max_len, image_mask=None):
     """Encodes [image tokens, prompt] into a fresh cache of max_len slots.
@@ -111,15 +144,16 @@ class GPT4V(nn.Module):
        token, cache, state), where state = dict(
          index: scalar int32, next cache slot (shared by the batch),
          positions: [batch] int32, next RoPE position of each example,
-         visible: [batch, max_len] bool, cache slots holding valid tokens).
+         visible: [batch, max_len] bool, cache slots holding valid tokens,
+         and with cross-attention fusion context and context_visible, see `_fuse`).
     """
     b, p = prompt.shape
     n = self.num_image_tokens
     if max_len < n + p:
       raise ValueError(f"max_len={max_len} < {n} image tokens + {p} prompt "
                        "tokens.")
-    x = jnp.concatenate(
-        [self.encode_images(images), self.decoder.embed(prompt)], axis=1)
+    x, context = self._fuse(self.encode_images(images), self.decoder.embed(prompt),
+                            image_mask)
     valid = jnp.concatenate(
         [_image_valid(image_mask, b, n), prompt_mask.astype(bool)], axis=1)
     # The whole prefix is ar=0: full attention among valid tokens.
@@ -128,12 +162,14 @@ class GPT4V(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(n + p), (b, n + p))
     logits, cache = self.decoder(x, positions, mask,
                                  cache=self.decoder.init_cache(b, max_len),
-                                 cache_index=jnp.int32(0))
+                                 cache_index=jnp.int32(0), **context)
     # Image slots count even when hidden, as in `__call__`.
     lengths = n + jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
+    # With cross-attention the image tokens ride along in the state: each step's
+    # cross-attention recomputes their keys and values (n tokens: cheap next to the cache).
     state = dict(index=jnp.int32(n + p),
                  positions=lengths,
-                 visible=jnp.pad(valid, ((0, 0), (0, max_len - n - p))))
+                 visible=jnp.pad(valid, ((0, 0), (0, max_len - n - p))), **context)
     return logits[jnp.arange(b), lengths - 1], cache, state
 
   def decode_step(self, token, cache, state):
@@ -149,12 +185,13 @@ class GPT4V(nn.Module):
     index = state["index"]
     slots = jnp.arange(state["visible"].shape[1])
     visible = state["visible"] | (slots == index)[None, :]
+    context = {k: state[k] for k in ("context", "context_visible") if k in state}
     logits, cache = self.decoder(self.decoder.embed(token[:, None]),
                                  state["positions"][:, None],
                                  visible[:, None, :],
-                                 cache=cache, cache_index=index)
+                                 cache=cache, cache_index=index, **context)
     state = dict(index=index + 1, positions=state["positions"] + 1,
-                 visible=visible)
+                 visible=visible, **context)
     return logits[:, 0], cache, state
 
 
@@ -182,8 +219,10 @@ def build_model(cfg):
       rope_base=cfg.rope_base,
       remat=cfg.remat,
       scan_layers=cfg.scan_layers,
+      cross_attention_every=(cfg.cross_attention_every if cfg.fusion == "cross_attention"
+                             else 0),
       dtype=dtype,
       dropout=cfg.dropout)
   return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector,
-               projector_merge=cfg.projector_merge)
+               projector_merge=cfg.projector_merge, fusion=cfg.fusion)
 
