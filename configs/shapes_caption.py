@@ -27,7 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = dict(
       # 16x16 patches: 16 image tokens keep the decoder's sequence short on a CPU.
-      vit_variant="mu/16", vit_stem="patch", vit_stem_blocks=1, projector="linear",
+      # encoder: "vit", or "cnn" (the ResNet stem alone, `vit_stem_blocks` residual blocks
+      # per stage, down to the variant's width and patch grid: a plain ResNet-style encoder).
+      encoder="vit", vit_variant="mu/16", vit_stem="patch", vit_stem_blocks=1,
+      projector="linear",
       projector_merge=1,
       # fusion: "prefix" (image tokens lead the decoder's sequence) or "cross_attention"
       # (Flamingo: gated cross-attention blocks before every cross_attention_every-th block).
@@ -38,6 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=128, depth=2, mlp_dim=512, num_heads=4, num_kv_heads=2, mlp_type="gelu",
       tie_embeddings=True, rope_base=10000.0, remat="none", scan_layers=False,
       dtype="float32", dropout=0.0)
+
+  # Initialisation of a fresh run: "" trains from scratch; a workdir's newest checkpoint
+  # gives the named top-level param trees ("vit", "projector", "decoder"): pretrain, then
+  # finetune (e.g. VQA from the caption run's encoder).
+  c.init = dict(workdir="", params=("vit",))
 
   # Mesh sizes per axis (-1 = all remaining devices) and the logical-axis rule table.
   c.mesh = dict(data=-1, fsdp=1, tensor=1)

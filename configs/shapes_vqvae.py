@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(channels=64, min_channels=16, num_res_blocks=2, downsample=8, num_codes=1024,
                  code_dim=64, codebook_update="ema", decay=0.99, epsilon=1e-5,
                  dead_code_threshold=0.1, dtype="float32")
+  c.init = base.init
   c.mesh = base.mesh
   c.sharding_rules = base.sharding_rules
   # A constant learning rate after warmup, as in the probes; no weight decay (the encoder's

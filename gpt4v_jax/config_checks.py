@@ -43,6 +43,9 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   unknown -= {"train", "validation", "test", "compositional"}
   if unknown:
     raise ValueError(f"config.evals splits {sorted(unknown)} are not splits of shapes.")
+  if config.init.workdir and not _has_checkpoint(config.init.workdir):
+    raise ValueError(f"config.init.workdir={config.init.workdir!r} holds no checkpoint to "
+                     "initialise from.")
   if config.data.on_bad_example not in pipeline.ON_BAD_EXAMPLE:
     raise ValueError(f"config.data.on_bad_example={config.data.on_bad_example!r}: expected one "
                      f"of {pipeline.ON_BAD_EXAMPLE}.")
@@ -74,17 +77,21 @@ def _image_tokenizer_codes(workdir: str, prefix: str) -> int:
   key = prefix + "image_tokenizer"
   train_it = (f"train one first: python -m gpt4v_jax.main --config=configs/shapes_vqvae.py "
               f"--workdir={workdir}, or point {key} at the workdir of one")
-  saved_config = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(saved_config) or not os.path.isdir(ckpt_dir) or not any(
-      name.isdigit() for name in os.listdir(ckpt_dir)):
+  if not _has_checkpoint(workdir):
     raise ValueError(f"{key}={workdir!r} holds no VQ-VAE checkpoint; {train_it}.")
-  with open(saved_config) as f:
+  with open(os.path.join(workdir, "config.json")) as f:
     vq_config = json.load(f)
   if vq_config["objective"]["kind"] != "vqvae":
     raise ValueError(f"{key}={workdir!r} is a {vq_config['objective']['kind']!r} run, not a "
                      f"VQ-VAE; {train_it}.")
   return vq_config["model"]["num_codes"]
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a run's config and at least one committed checkpoint step."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  return (os.path.exists(os.path.join(workdir, "config.json")) and os.path.isdir(ckpt_dir)
+          and any(name.isdigit() for name in os.listdir(ckpt_dir)))
 
 
 def _check_objective(objective: ml_collections.ConfigDict) -> None:
@@ -111,12 +118,9 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str, *,
                  allow_change: bool) -> None:
   """Raises ValueError if `workdir` holds checkpoints of a run whose config differs in a
   setting outside RESUMABLE_CHANGES, naming each such setting and both values."""
-  saved_path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if (allow_change or not os.path.exists(saved_path) or not os.path.isdir(ckpt_dir)
-      or not any(name.isdigit() for name in os.listdir(ckpt_dir))):
+  if allow_change or not _has_checkpoint(workdir):
     return
-  with open(saved_path) as f:
+  with open(os.path.join(workdir, "config.json")) as f:
     saved = _flatten(json.load(f))
   new = _flatten(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in saved.keys() | new.keys()

@@ -100,28 +100,63 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
   raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 
-def load_image_tokenizer(workdir: str) -> tuple[Any, dict]:
-  """(VQVAE, its variables as numpy arrays) of the newest readable checkpoint of the vqvae
-  run in `workdir` (config_checks.check has made sure there is one)."""
+def restore_run(workdir: str, what: str) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
+  """(config, model, state, step) of the newest readable checkpoint of the run in `workdir`,
+  restored whole onto every device whatever mesh it used; `what` names it in errors."""
   workdir = os.path.abspath(workdir)
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   objective = make_objective(config)
   model = objective.build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
-  # Restored whole onto every device (it is small), whatever mesh its run used.
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
     _, abstract, _ = sharded_state_init(config, objective, model, tx, mesh,
                                         rules=sharding.DEFAULT_RULES)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=sharding.replicated(mesh)),
+                          abstract)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1_000_000)
   restored = ckpt.restore_latest(abstract, None)
   ckpt.close()
   if restored is None:
-    raise checkpoint.CheckpointError(f"No checkpoint of the image tokenizer in {workdir}.")
+    raise checkpoint.CheckpointError(f"No checkpoint of the {what} in {workdir}.")
   state, step = restored
-  log(f"Image tokenizer: step {step} of {workdir}.")
+  log(f"{what}: step {step} of {workdir}.")
+  return config, model, state, step
+
+
+def load_image_tokenizer(workdir: str) -> tuple[Any, dict]:
+  """(VQVAE, its variables as numpy arrays) of the vqvae run in `workdir`
+  (config_checks.check has made sure it has a checkpoint)."""
+  _, model, state, _ = restore_run(workdir, "Image tokenizer")
   return model, jax.device_get({"params": state.params, **state.model_state})
+
+
+def init_params_from(init: ml_collections.ConfigDict, params: dict, shardings: dict) -> dict:
+  """`params` with the top-level trees named in `init.params` (e.g. "vit") taken from the
+  newest checkpoint of the run in `init.workdir` (pretrain, then finetune), laid out as
+  `shardings` says. Raises ValueError naming any tree or leaf that does not fit."""
+  if not init.workdir:
+    return params
+  _, _, source, step = restore_run(init.workdir, "config.init.workdir")
+  params = dict(params)
+  for name in init.params:
+    if name not in source.params or name not in params:
+      raise ValueError(f"config.init.params: {name!r} is not a param tree of both this model "
+                       f"({sorted(params)}) and the run in {init.workdir} "
+                       f"({sorted(source.params)}).")
+    if jax.tree.structure(params[name]) != jax.tree.structure(source.params[name]):
+      raise ValueError(f"config.init.params: {name!r} is built differently here than in "
+                       f"{init.workdir} (different layers or param names).")
+    for (path, new), old in zip(jax.tree_util.tree_leaves_with_path(params[name]),
+                                jax.tree.leaves(source.params[name])):
+      if new.shape != old.shape:
+        raise ValueError(f"config.init.params: {name}{jax.tree_util.keystr(path)} has shape "
+                         f"{new.shape} here but {old.shape} in {init.workdir}.")
+    params[name] = jax.device_put(source.params[name], shardings[name])
+  log(f"Initialised {', '.join(init.params)} from step {step} of {init.workdir}.")
+  return params
 
 
 def sharded_state_init(config, objective, model, tx, mesh, rules=None):
@@ -313,6 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     restored = ckpt.restore_latest(abstract_state, train_iter)
     if restored is None:
       state, start_step = init(), 0
+      state = state.replace(params=init_params_from(config.init, state.params,
+                                                    state_shardings.params))
     else:
       state, start_step = restored
       log(f"Resumed from step {start_step} in {workdir}.")

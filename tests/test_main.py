@@ -4,7 +4,11 @@ import json
 import os
 import shutil
 
+import jax
+import numpy as np
 import pytest
+
+from gpt4v_jax import train
 
 
 def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run):
@@ -58,3 +62,18 @@ def test_bad_config_fails_before_compiling(tmp_path, run_main, args, message):
 def test_missing_workdir_parent_is_a_clear_error(tmp_path, run_main):
   r = run_main(f"--workdir={tmp_path / 'no' / 'such' / 'run'}")
   assert r.returncode != 0 and "parent directory" in r.stderr
+
+
+def test_finetune_from_another_runs_encoder(tmp_path, tiny_run, run_main, vq_workdir):
+  """VQA initialised from the tiny caption run's ViT, frozen: its final ViT is the caption
+  run's, bit for bit. Trees that do not fit are errors before training."""
+  caption_dir = str(tiny_run[1])
+  r = run_main(f"--workdir={tmp_path / 'vqa'}", f"--config.init.workdir={caption_dir}",
+               "--config.optimizer.frozen=('vit',)", config="shapes_vqa.py:tiny")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"Initialised vit from step 6 of {caption_dir}" in r.stdout
+  vit = lambda workdir: train.restore_run(workdir, "run")[2].params["vit"]
+  jax.tree.map(np.testing.assert_array_equal, vit(tmp_path / "vqa"), vit(caption_dir))
+  bad = run_main(f"--workdir={tmp_path / 'bad'}", f"--config.init.workdir={vq_workdir}",
+                 config="shapes_vqa.py:tiny")
+  assert bad.returncode != 0 and "config.init.params: 'vit' is not a param tree" in bad.stderr

@@ -276,6 +276,7 @@ def test_gqa(num_kv_heads):
     dict(vit_stem="resnet", vit_stem_blocks=2),
     dict(scan_layers=True, remat="full"),
     dict(fusion="cross_attention", cross_attention_every=2),
+    dict(encoder="cnn", vit_stem_blocks=2),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))
@@ -421,3 +422,14 @@ def test_cross_attention_fusion_starts_text_only_and_decodes_like_its_forward_pa
       decode.greedy_decode_no_cache(model, gated, images, prompt, prompt_mask, **kwargs))
   with pytest.raises(ValueError, match="fusion='sideways'"):
     gpt4v.build_model(small_config(fusion="sideways"))
+
+
+def test_cnn_encoder_is_the_resnet_stem_alone():
+  model = gpt4v.build_model(small_config(encoder="cnn"))
+  params = jax.eval_shape(model.init, jax.random.key(0), *make_batch())["params"]["vit"]
+  assert "stem" in params and not any(k.startswith("block") for k in params)
+  logits = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), *make_batch()),
+                                *make_batch())
+  assert logits.shape == (BATCH, 8, VOCAB) and np.all(np.isfinite(logits))
+  with pytest.raises(ValueError, match="config.model.encoder='rnn'"):
+    gpt4v.build_model(small_config(encoder="rnn"))

@@ -205,8 +205,14 @@ def _image_valid(image_mask, batch, n):
 def build_model(cfg):
   """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py)."""
   dtype = jnp.dtype(cfg.dtype)
-  vit = ViT(**vit_variant(cfg.vit_variant), stem=cfg.vit_stem, stem_blocks=cfg.vit_stem_blocks,
-            remat=cfg.remat, scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
+  if cfg.encoder not in ("vit", "cnn"):
+    raise ValueError(f"config.model.encoder={cfg.encoder!r}: expected 'vit' or 'cnn'.")
+  encoder = vit_variant(cfg.vit_variant)
+  stem = cfg.vit_stem
+  if cfg.encoder == "cnn":  # The ResNet stem alone: a CNN with the variant's width and stride.
+    encoder["depth"], stem = 0, "resnet"
+  vit = ViT(**encoder, stem=stem, stem_blocks=cfg.vit_stem_blocks, remat=cfg.remat,
+            scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
   decoder = Decoder(
       vocab_size=cfg.vocab_size,
       width=cfg.width,
