@@ -16,6 +16,7 @@ CORE = [
     "numpy==2.4.6",
     "pillow==13.0.0",
     "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",  # experiments/sweep.py's plots.
 ]
 TEST = ["pytest==9.2.0", "pycocoevalcap==1.2", "sentencepiece==0.2.3"]
 

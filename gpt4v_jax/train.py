@@ -383,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         _check_finite(step, metrics, ckpt)
 
     pending, window_start, window_steps = None, time.perf_counter(), 0
+    step_times = []  # Seconds per step of each logged window, for results.json.
     previous = None  # (step, metrics) of the step before, checked one step late.
     for step in range(start_step, total_steps):
       done = step + 1
@@ -399,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         jax.block_until_ready(metrics)
         elapsed = time.perf_counter() - window_start
         step_time = elapsed / window_steps
+        step_times.append(step_time)
         rates = dict(step_time=step_time,
                      examples_per_sec=config.data.global_batch_size / step_time,
                      tflops_per_device=step_flops / step_time / 1e12,
@@ -442,8 +444,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         log(f"  {json.dumps(r)}")  # Fields differ by objective: references, answer, ...
   ckpt.close()
   writer.close()
+  # What the run cost: params, and the median step time of the windows this process trained
+  # (after a resume that only reused the final evals, the previous summary's).
+  summary = dict(params=num_params, step_ms=float(np.median(step_times)) * 1e3
+                 if step_times else None)
+  path = os.path.join(workdir, "results.json")
+  if summary["step_ms"] is None and os.path.exists(path):
+    with open(path) as f:
+      summary = json.load(f).get("train", summary)
+  results["train"] = summary
   if jax.process_index() == 0:
-    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
+    _write_atomically(path, json.dumps(results, indent=1))
   return results
 
 

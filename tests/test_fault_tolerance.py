@@ -355,7 +355,8 @@ def _restore_state(step_dir) -> dict:
 
 
 def _without_timing(results: dict) -> dict:
-  return {split: {k: v for k, v in m.items() if k != "seconds"} for split, m in results.items()}
+  return {split: {k: v for k, v in m.items() if k not in ("seconds", "step_ms")}
+          for split, m in results.items()}
 
 
 def test_preempted_then_killed_run_resumes_bitwise_identically(tmp_path, run_main, reference):

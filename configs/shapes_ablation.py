@@ -1,0 +1,28 @@
+"""The fusion x encoder ablation: prefix-LM vs gated cross-attention fusion, ViT vs CNN
+encoder, each variant one multitask run (caption, VQA and text-to-image together).
+
+  python -m gpt4v_jax.main --config=configs/shapes_vqvae.py --workdir=workdirs/shapes_vqvae
+  python -m experiments.sweep --config=configs/shapes_ablation.py --workdir=workdirs/ablation
+
+The argument picks the variant of shapes_multitask ("" or "tiny"); `get_sweep` lists the
+four runs, `sweep_metrics` the table's columns (experiments/sweep.py adds params and step
+time).
+"""
+import ml_collections
+
+from configs import shapes_multitask
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return shapes_multitask.get_config(arg)
+
+
+def get_sweep(arg: str | None = None) -> dict[str, dict]:
+  del arg
+  return {f"{fusion}_{encoder}": {"model.fusion": fusion, "model.encoder": encoder}
+          for fusion in ("prefix", "cross_attention") for encoder in ("vit", "cnn")}
+
+
+def sweep_metrics(arg: str | None = None) -> list[str]:
+  del arg
+  return ["test/caption/object_f1", "test/vqa/accuracy", "test/text_to_image/overall"]
