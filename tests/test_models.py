@@ -277,6 +277,7 @@ def test_gqa(num_kv_heads):
     dict(scan_layers=True, remat="full"),
     dict(fusion="cross_attention", cross_attention_every=2),
     dict(encoder="cnn", vit_stem_blocks=2),
+    dict(resampler_latents=4, resampler_depth=2, fusion="cross_attention"),
 ])
 def test_every_param_has_logical_names(overrides):
   model = gpt4v.build_model(small_config(**overrides))
@@ -433,3 +434,18 @@ def test_cnn_encoder_is_the_resnet_stem_alone():
   assert logits.shape == (BATCH, 8, VOCAB) and np.all(np.isfinite(logits))
   with pytest.raises(ValueError, match="config.model.encoder='rnn'"):
     gpt4v.build_model(small_config(encoder="rnn"))
+
+
+def test_perceiver_resampler_replaces_the_image_tokens_with_its_latents():
+  model = gpt4v.build_model(small_config(resampler_latents=4))
+  assert model.num_image_tokens == model.num_vision_tokens == 4
+  variables = jax.jit(model.init)(jax.random.key(0), *make_batch())
+  assert nn.unbox(variables)["params"]["resampler"]["latents"].shape == (4, 64)
+  images = make_batch()[0]
+  tokens = jax.jit(lambda v, x: model.apply(v, x, method="encode_images"))(variables, images)
+  assert tokens.shape == (BATCH, 4, 64)
+  # Each example's latents depend on its own image only.
+  flipped = jax.jit(lambda v, x: model.apply(v, x, method="encode_images"))(
+      variables, images.at[0].set(-images[0]))
+  assert np.abs(flipped[0] - tokens[0]).max() > 1e-3
+  np.testing.assert_allclose(flipped[1:], tokens[1:], atol=1e-6)

@@ -25,6 +25,7 @@ def test_cpu_peak_is_measured():
     dict(vit_stem="resnet", projector="mlp", mlp_type="gated"),
     dict(vit_stem="conv", projector_merge=2),
     dict(fusion="cross_attention", cross_attention_every=1),
+    dict(resampler_latents=8, resampler_depth=2),
 ])
 def test_flop_count_agrees_with_xla_cost_analysis(overrides):
   """The formula (all attention pairs counted, as the dense masked computation does them)

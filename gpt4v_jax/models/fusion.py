@@ -1,11 +1,13 @@
 """Glue between the vision encoder and the decoder.
 
 * `Projector` maps ViT tokens into the decoder's embedding space.
+* `PerceiverResampler` (optional) turns them into a fixed number of learned latents.
 * `prefix_lm_mask` builds the attention mask of the fused sequence
   [image tokens, prompt tokens, target tokens].
 """
 import math
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -54,6 +56,70 @@ class Projector(nn.Module):
                        "expected 'linear' or 'mlp'.")
     return nn.with_logical_constraint(
         x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+class PerceiverResampler(nn.Module):
+  """Flamingo's Perceiver resampler: `num_latents` learned queries attend to the image
+  tokens and to themselves, `depth` times (pre-LN attention and GELU MLP, residual), and
+  replace the image tokens: the decoder sees num_latents tokens whatever the patch grid.
+
+  Attributes:
+    num_latents, depth, num_heads, mlp_dim: as named; width is the input's.
+    dtype: compute dtype; params stay float32.
+  """
+  num_latents: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  def forward_flops(self, num_tokens: int, width: int) -> float:
+    """Matmul FLOPs of one image's resampling."""
+    n, kv, h = self.num_latents, self.num_latents + num_tokens, width
+    per_layer = (2 * n * width * h * 2 + 2 * kv * width * h * 2  # q, o; k, v.
+                 + 2 * 2 * n * kv * h + 2 * 2 * n * width * self.mlp_dim)
+    return self.depth * per_layer
+
+  @nn.compact
+  def __call__(self, x):
+    """[batch, n, width] -> [batch, num_latents, width]."""
+    b, _, width = x.shape
+    d = width // self.num_heads
+    names = ("activation_batch", "activation_length", "activation_embed")
+    latents = self.param("latents", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("image_tokens", "embed")),
+                         (self.num_latents, width), jnp.float32)
+    y = jnp.broadcast_to(latents.astype(self.dtype)[None], (b, self.num_latents, width))
+    x = x.astype(self.dtype)
+    for i in range(self.depth):
+      def proj(name, inputs, axes="bte,ehd->bthd"):
+        kernel = self.param(f"layer_{i}_{name}", nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
+            ("embed", "heads", "head_dim")), (width, self.num_heads, d), jnp.float32)
+        return jnp.einsum(axes, inputs, kernel.astype(self.dtype))
+
+      q_in = _layer_norm(self.dtype, f"layer_{i}_norm_latents")(y)
+      kv_in = jnp.concatenate([_layer_norm(self.dtype, f"layer_{i}_norm_image")(x), q_in],
+                              axis=1)
+      out = jax.nn.dot_product_attention(proj("query", q_in), proj("key", kv_in),
+                                         proj("value", kv_in))
+      wo = self.param(f"layer_{i}_out", nn.with_logical_partitioning(
+          nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+          ("heads", "head_dim", "embed")), (self.num_heads, d, width), jnp.float32)
+      y = y + jnp.einsum("bthd,hde->bte", out, wo.astype(self.dtype))
+      h = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, f"layer_{i}_mlp_in")(
+          _layer_norm(self.dtype, f"layer_{i}_norm_mlp")(y))
+      y = y + dense(width, ("mlp", "embed"), self.dtype, f"layer_{i}_mlp_out")(nn.gelu(h))
+      y = nn.with_logical_constraint(y, names)
+    return _layer_norm(self.dtype, "norm_out")(y)
+
+
+def _layer_norm(dtype, name):
+  return nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                              ("norm",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                             ("norm",)))
 
 
 def merge_tokens(x, m):

@@ -21,7 +21,7 @@ import flax.linen as nn
 import ml_collections
 
 from gpt4v_jax.models.decoder import Decoder
-from gpt4v_jax.models.fusion import Projector, prefix_lm_mask
+from gpt4v_jax.models.fusion import PerceiverResampler, Projector, prefix_lm_mask
 from gpt4v_jax.models.vit import ViT, vit_variant
 
 
@@ -39,12 +39,15 @@ class GPT4V(nn.Module):
       "cross_attention" (Flamingo: the sequence is text only, and the decoder's
       `GatedCrossAttention` blocks attend to the image tokens; the decoder must have
       cross_attention_every > 0).
+    resampler: optional unbound `PerceiverResampler` after the projector; its latents
+      replace the image tokens.
   """
   vit: ViT
   decoder: Decoder
   projector_kind: str = "mlp"
   projector_merge: int = 1
   fusion: str = "prefix"
+  resampler: PerceiverResampler | None = None
 
   def __post_init__(self):
     if self.fusion not in ("prefix", "cross_attention"):
@@ -61,7 +64,9 @@ class GPT4V(nn.Module):
 
   @property
   def num_vision_tokens(self):
-    """Image tokens out of the projector."""
+    """Image tokens out of the projector (and resampler)."""
+    if self.resampler is not None:
+      return self.resampler.num_latents
     return self.vit.num_patches // self.projector_merge ** 2
 
   @property
@@ -75,15 +80,19 @@ class GPT4V(nn.Module):
     {"vit", "projector", "decoder" (blocks over image and text tokens, the text's logits)}."""
     projector = Projector(self.projector_kind, self.decoder.width, self.projector_merge,
                           parent=None)
-    return dict(vit=self.vit.forward_flops(),
-                projector=projector.forward_flops(self.vit.num_patches, self.vit.width),
-                decoder=self.decoder.forward_flops(
+    flops = dict(vit=self.vit.forward_flops(),
+                 projector=projector.forward_flops(self.vit.num_patches, self.vit.width))
+    if self.resampler is not None:
+      flops["resampler"] = self.resampler.forward_flops(
+          self.vit.num_patches // self.projector_merge ** 2, self.decoder.width)
+    return dict(**flops, decoder=self.decoder.forward_flops(
                     self.num_image_tokens + text_len, text_len, causal_halving,
                     context_len=self.num_vision_tokens - self.num_image_tokens))
 
   def encode_images(self, images, deterministic=True):
     """[batch, H, W, 3] in [-1, 1] -> [batch, num_vision_tokens, width]."""
-    return self.projector(self.vit(images, deterministic))
+    tokens = self.projector(self.vit(images, deterministic))
+    return tokens if self.resampler is None else self.resampler(tokens)
 
   def __call__(self, images, text, ar_mask, input_mask, deterministic=True,
                image_mask=None):
@@ -229,6 +238,8 @@ def build_model(cfg):
                              else 0),
       dtype=dtype,
       dropout=cfg.dropout)
+  resampler = (PerceiverResampler(cfg.resampler_latents, cfg.resampler_depth, cfg.num_heads,
+                                  cfg.mlp_dim, dtype) if cfg.resampler_latents else None)
   return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector,
-               projector_merge=cfg.projector_merge, fusion=cfg.fusion)
+               projector_merge=cfg.projector_merge, fusion=cfg.fusion, resampler=resampler)
 
