@@ -23,6 +23,8 @@ import sys
 
 from absl import app, flags
 
+from experiments.tables import markdown_table
+
 _CONFIG = flags.DEFINE_string("config", None, "configs/X.py[:arg], defining get_sweep.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per variant, and results/.")
 _PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Print the variants' commands and exit.")
@@ -79,9 +81,7 @@ def write_results(out_dir: str, rows: list[dict]) -> str:
   """sweep.md, sweep.csv and sweep.png in out_dir; returns the markdown table."""
   os.makedirs(out_dir, exist_ok=True)
   columns = list(rows[0])
-  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-  table = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                    + ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows])
+  table = markdown_table(rows)
   with open(os.path.join(out_dir, "sweep.md"), "w") as f:
     f.write(table + "\n")
   with open(os.path.join(out_dir, "sweep.csv"), "w", newline="") as f:

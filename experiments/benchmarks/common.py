@@ -1,11 +1,13 @@
 """What every benchmark shares: the model configs it measures, a timer, and the report (a
 markdown table on stdout and a JSON file with the machine it ran on)."""
+import contextlib
 import datetime
 import json
 import os
 import platform
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,6 +15,9 @@ import numpy as np
 from absl import flags
 
 from configs import shapes_caption
+from experiments.tables import markdown_table
+from gpt4v_jax import sharding, train
+from gpt4v_jax.optimizer import make_optimizer
 
 _RESULTS = flags.DEFINE_string(
     "results_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -31,6 +36,21 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   elif name != "default":
     raise ValueError(f"Unknown benchmark model {name!r}; expected 'default' or 'mid'.")
   return c
+
+
+@contextlib.contextmanager
+def one_device_train_step(config: ml_collections.ConfigDict):
+  """Inside the first device's mesh and the config's axis rules, yields (objective, model,
+  init, abstract_state, train_step): the real, not yet jitted, train step of `config`."""
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  objective = train.make_objective(config)
+  model = objective.build_model(config.model)
+  tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+    init, abstract, _ = train.sharded_state_init(config, objective, model, tx, mesh)
+    yield objective, model, init, abstract, train.make_train_step(
+        objective, model, tx, schedule, deterministic=True, skip_nonfinite=False)
 
 
 def random_batch(objective, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
@@ -70,10 +90,7 @@ def machine() -> dict:
 def report(name: str, rows: list[dict], notes: str = "") -> str:
   """Prints `rows` as a markdown table and writes them, with the machine, to
   <--results_dir>/<name>.json. Returns the table."""
-  columns = list(rows[0])
-  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-  table = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                    + ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows])
+  table = markdown_table(rows)
   print(f"{name} on {machine()['device_kind']} x{jax.device_count()}"
         + (f" ({notes})" if notes else "") + "\n" + table, flush=True)
   os.makedirs(_RESULTS.value, exist_ok=True)

@@ -7,12 +7,10 @@ random batch; MFU is the objective's model-FLOP count per step over the median s
 the peak (the spec sheet on TPU/GPU; on CPU the f32 matmul rate measured here first).
 """
 import jax
-import flax.linen as nn
 from absl import app, flags
 
 from experiments.benchmarks import common
-from gpt4v_jax import perf, sharding, train
-from gpt4v_jax.optimizer import make_optimizer
+from gpt4v_jax import perf
 
 _MODELS = flags.DEFINE_list("models", ["default", "mid"], "common.model_config names.")
 _VARIANTS = flags.DEFINE_list("variants", ["float32", "bfloat16", "remat_full", "save_dots"],
@@ -26,18 +24,10 @@ VARIANTS = dict(float32={}, bfloat16=dict(dtype="bfloat16"), remat_full=dict(rem
 
 def measure(config, batch_size: int, repeats: int, peak: float) -> dict:
   """One variant's median step time and rates on the first device."""
-  config.mesh.update(data=1, fsdp=1, tensor=1)
-  objective = train.make_objective(config)
-  model = objective.build_model(config.model)
-  tx, schedule = make_optimizer(config.optimizer, config.train.steps)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    init, _, shardings = train.sharded_state_init(config, objective, model, tx, mesh)
-    step = jax.jit(train.make_train_step(objective, model, tx, schedule, deterministic=True,
-                                         skip_nonfinite=False), donate_argnums=0)
+  with common.one_device_train_step(config) as (objective, model, init, _, train_step):
+    step = jax.jit(train_step, donate_argnums=0)
     batch = common.random_batch(objective, batch_size, config.model.vocab_size)
-    state = init()
-    holder = [state]
+    holder = [init()]
 
     def run(batch):  # Threads the donated state through the timed calls.
       holder[0], metrics = step(holder[0], batch)
