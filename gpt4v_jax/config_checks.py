@@ -24,6 +24,46 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
 OBJECTIVE_KINDS = ("caption", "vqa", "text_to_image")
 
 
+# Keys added to the configs after runs were saved without them, with the values that give
+# those runs' behaviour: `load_saved_config` fills them in, so old workdirs still resume and
+# still serve as image tokenizers or initialisations.
+_ADDED_KEYS = {
+    "optimizer.frozen": [],
+    "train.microbatches": 1,
+    "init": {"workdir": "", "params": ["vit"]},
+}
+_ADDED_MODEL_KEYS = {  # GPT4V models only.
+    "scan_layers": False, "fusion": "prefix", "cross_attention_every": 1, "encoder": "vit",
+    "resampler_latents": 0, "resampler_depth": 1,
+}
+
+
+def load_saved_config(workdir: str) -> dict:
+  """The config.json a run in `workdir` saved, with keys added since filled in (a bool
+  `model.remat` becomes its policy name)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  for key, value in _ADDED_KEYS.items():
+    section, _, name = key.partition(".")
+    if name:
+      saved[section].setdefault(name, value)
+    else:
+      saved.setdefault(section, value)
+  objective = saved["objective"]
+  if objective["kind"] != "vqvae":
+    for name, value in _ADDED_MODEL_KEYS.items():
+      saved["model"].setdefault(name, value)
+    if isinstance(saved["model"].get("remat"), bool):
+      saved["model"]["remat"] = "full" if saved["model"]["remat"] else "none"
+  parts = objective.get("mixture", {}) if objective["kind"] == "mixture" else {
+      objective["kind"]: objective}
+  if "vqa" in parts:  # Before these keys: one question per row, prompts as long as the row.
+    max_text_len = objective["max_text_len"]
+    parts["vqa"].setdefault("questions_per_row", 1)
+    parts["vqa"].setdefault("max_question_len", max_text_len - 4)
+  return saved
+
+
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ValueError naming the offending key and the fix."""
   parent = os.path.dirname(os.path.abspath(workdir))
@@ -120,8 +160,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str, *,
   setting outside RESUMABLE_CHANGES, naming each such setting and both values."""
   if allow_change or not _has_checkpoint(workdir):
     return
-  with open(os.path.join(workdir, "config.json")) as f:
-    saved = _flatten(json.load(f))
+  saved = _flatten(load_saved_config(workdir))
   new = _flatten(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in saved.keys() | new.keys()
                    if saved.get(k, "<absent>") != new.get(k, "<absent>")

@@ -104,8 +104,7 @@ def restore_run(workdir: str, what: str) -> tuple[ml_collections.ConfigDict, Any
   """(config, model, state, step) of the newest readable checkpoint of the run in `workdir`,
   restored whole onto every device whatever mesh it used; `what` names it in errors."""
   workdir = os.path.abspath(workdir)
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(config_checks.load_saved_config(workdir))
   objective = make_objective(config)
   model = objective.build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)

@@ -1,12 +1,14 @@
 """The sharded train step, checkpoint round trips and the data iterator resume."""
+import json
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 import pytest
 
-from configs import shapes_caption
-from gpt4v_jax import checkpoint, perf, sharding, train
+from configs import shapes_caption, shapes_vqa
+from gpt4v_jax import checkpoint, config_checks, perf, sharding, train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.optimizer import make_optimizer
@@ -195,3 +197,20 @@ def test_frozen_encoder_gets_no_update_no_optimizer_state_and_no_backward_pass()
   assert flops[()] - flops[("vit",)] == pytest.approx(2 * vit_forward, rel=0.1)
   with pytest.raises(ValueError, match=r"config.optimizer.frozen=\('vti',\): \['vti'\]"):
     train.trained_params(params, ("vti",))
+
+
+def test_configs_saved_before_keys_were_added_load_with_their_old_behaviour(tmp_path):
+  """A workdir whose config.json predates keys (here: every key added since) still loads."""
+  config = json.loads(shapes_vqa.get_config().to_json_best_effort())
+  old = json.loads(json.dumps(config))
+  for section, name in (("optimizer", "frozen"), ("train", "microbatches"), ("model", "fusion"),
+                        ("model", "scan_layers"), ("model", "encoder"),
+                        ("objective", "max_question_len"), ("objective", "questions_per_row")):
+    del old[section][name]
+  del old["init"]
+  old["model"]["remat"] = False
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  loaded = config_checks.load_saved_config(str(tmp_path))
+  config["objective"].update(max_question_len=config["objective"]["max_text_len"] - 4,
+                             questions_per_row=1)  # One question per row, as then.
+  assert loaded == config
