@@ -18,7 +18,9 @@ CORE = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",  # experiments/sweep.py's plots.
 ]
-TEST = ["pytest==9.2.0", "pycocoevalcap==1.2", "sentencepiece==0.2.3"]
+TEST = ["pytest==9.2.0", "pycocoevalcap==1.2", "sentencepiece==0.2.3",
+        # tests/test_colabs.py runs the notebooks headless.
+        "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"]
 
 setuptools.setup(
     name="gpt4v_jax",

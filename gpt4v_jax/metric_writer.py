@@ -1,6 +1,13 @@
-"""Scalars to stdout and to TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+"""Scalars to stdout and to TensorBoard event files (tensorboardX: no TensorFlow needed), and
+back out of them (`read_scalars`, for notebooks and reports)."""
+import collections
+import glob
+import os
+import struct
+
 import jax
 from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
 
 class MetricWriter:
@@ -29,3 +36,20 @@ def log(msg: str) -> None:
   """One line to stdout, process 0 only."""
   if jax.process_index() == 0:
     print(msg, flush=True)
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...] in step order} of every event file in `logdir` (a workdir's
+  tb/). Event files are TFRecords: [length u64][crc u32][Event proto][crc u32]."""
+  scalars = collections.defaultdict(dict)
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars[value.tag][event.step] = value.simple_value  # A resumed run's rewrite wins.
+  return {tag: sorted(steps.items()) for tag, steps in scalars.items()}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpt4v_jax import train
+from gpt4v_jax.metric_writer import read_scalars
 
 
 def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run):
@@ -23,6 +24,9 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run)
   assert len(preds["predictions"]) == 16 and "references" in preds["predictions"][0]
   assert (workdir / "eval_validation_step3.json").exists()  # The in-training eval ran.
   assert glob.glob(str(workdir / "tb" / "events.out.tfevents.*"))
+  losses = read_scalars(str(workdir / "tb"))["train/loss"]  # The logged ones, read back.
+  assert [step for step, _ in losses] == [2, 4, 6]
+  assert f"step 6/6 loss={losses[-1][1]:.4f}" in out
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
 
   # Same command again: nothing retrains, the final evaluation is reused.
