@@ -108,13 +108,11 @@ def restore_run(workdir: str, what: str) -> tuple[ml_collections.ConfigDict, Any
   objective = make_objective(config)
   model = objective.build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
+  # A data-only mesh: every param replicated on every device.
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
     _, abstract, _ = sharded_state_init(config, objective, model, tx, mesh,
                                         rules=sharding.DEFAULT_RULES)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                         sharding=sharding.replicated(mesh)),
-                          abstract)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1_000_000)
   restored = ckpt.restore_latest(abstract, None)
   ckpt.close()
@@ -217,11 +215,12 @@ def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
   `skip_nonfinite` a step where they are not leaves params and optimizer state as they were
   (the step counter and the data still move on); either way `nonfinite_steps` counts it.
   `frozen` names top-level param trees (e.g. "vit") that are not differentiated at all, so
-  their backward pass is never computed, and have no optimizer state (`trained_params`). With `microbatches` k > 1 the batch is split into k
-  interleaved micro-batches (rows i, i + k, ...: each stays spread over the data devices),
-  whose gradients are averaged (each micro-batch's loss is its own mean, as big_vision does)
-  before one update; activation memory falls k-fold. `model_state` (a VQ-VAE's EMA codebook)
-  is threaded through the micro-batches in order.
+  their backward pass is never computed, and have no optimizer state (`trained_params`).
+  With `microbatches` k > 1 the batch is split into k interleaved micro-batches (rows i,
+  i + k, ...: each stays spread over the data devices), whose gradients are averaged (each
+  micro-batch's loss is its own mean, as big_vision does) before one update; activation
+  memory falls k-fold. `model_state` (a VQ-VAE's EMA codebook) is threaded through the
+  micro-batches in order.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -500,4 +499,5 @@ def _report(writer: MetricWriter, step: int, total: int, metrics: dict, rates: d
   log(f"step {step}/{total} loss={m['loss']:.4f}{extra} "
       f"lr={m['learning_rate']:.2e} gnorm={m['grad_norm']:.3f} "
       f"{rates['examples_per_sec']:.1f} ex/s {rates['step_time'] * 1e3:.0f} ms/step "
-      f"{rates['tflops_per_device']:.3g} TFLOP/s/device MFU={rates['mfu']:.1%} ETA {rates['eta_min']:.1f} min{faults}")
+      f"{rates['tflops_per_device']:.3g} TFLOP/s/device MFU={rates['mfu']:.1%} "
+      f"ETA {rates['eta_min']:.1f} min{faults}")

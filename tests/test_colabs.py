@@ -32,7 +32,8 @@ def test_notebook_runs_headless(path, tmp_path, tiny_data_dir, tiny_run, tiny_vq
     shutil.copytree(workdir, tmp_path / "work" / name)
   notebook = nbformat.read(path, as_version=4)
   # Papermill-style: the test's values go right after the cell tagged "parameters".
-  index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+  index = next(i for i, c in enumerate(notebook.cells)
+               if "parameters" in c.metadata.get("tags", []))
   notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(
       f"WORKDIR = {str(tmp_path / 'work')!r}\nSWEEP_DIR = {str(tmp_path / 'sweep')!r}\n"
       f"DATA_DIR = {tiny_data_dir!r}\nTINY = True"))

@@ -52,7 +52,8 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run)
     (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads"),
     (["--config.data.on_bad_example=ignore"], "config.data.on_bad_example"),
     (["--config.train.microbatches=3"], "config.train.microbatches=3 must be >= 1 and divide"),
-    (["--config.train.microbatches=4"], "config.train.microbatches=4 is not divisible by the mesh's"),
+    (["--config.train.microbatches=4"],
+     "config.train.microbatches=4 is not divisible by the mesh's"),
     (["--config.optimizer.frozen=('vti',)"], "config.optimizer.frozen=('vti',)"),
     (["--config.model.remat=some"], "config.model.remat='some'"),
 ])
