@@ -72,3 +72,38 @@ def tiny_sources(tiny_data_dir):
   """{split: data source} of the tiny dataset (built on first use), examples as encoded."""
   from gpt4v_jax.data import shapes  # Imports jax: only after XLA_FLAGS is set above.
   return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
+
+
+# A two-variant sweep of the tiny caption config (tests/test_sweep.py; the ablations notebook
+# finds it finished and re-tabulates it).
+SWEEP_CONFIG = """
+from configs import shapes_caption
+
+def get_config(arg=None):
+  return shapes_caption.get_config(arg)
+
+def get_sweep(arg=None):
+  return {"prefix": {"model.fusion": "prefix"},
+          "cross_attention": {"model.fusion": "cross_attention", "optimizer.frozen": ("vit",)}}
+
+def sweep_metrics(arg=None):
+  return ["test/object_f1", "test/cider_d"]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, tiny_data_dir, tiny_run):
+  """(run(*flags) -> CompletedProcess of `experiments.sweep` over SWEEP_CONFIG, its first
+  run's CompletedProcess, the sweep's workdir). Copy the workdir before changing it."""
+  assert tiny_run[0].returncode == 0  # The tiny dataset is built.
+  root = tmp_path_factory.mktemp("sweep")
+  (root / "sweep.py").write_text(SWEEP_CONFIG)
+
+  def run(*flags):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", f"--config={root / 'sweep.py'}:tiny",
+         f"--workdir={root / 'runs'}", f"--override=data.data_dir={tiny_data_dir}", *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={"PATH": "", "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
+
+  return run, run(), root / "runs"

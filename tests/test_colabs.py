@@ -24,12 +24,16 @@ def test_there_are_four_notebooks_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_headless(path, tmp_path, tiny_data_dir, tiny_run, tiny_vqvae_run):
-  # The suite's finished tiny caption and VQ-VAE runs stand in for the notebooks' first
-  # trainings (same configs: train_and_evaluate reuses them), to keep the suite short.
+def test_notebook_runs_headless(path, tmp_path, tiny_data_dir, tiny_run, tiny_vqvae_run,
+                                tiny_sweep):
+  # The suite's finished tiny caption and VQ-VAE runs, and its tiny sweep, stand in for the
+  # notebooks' first trainings and their sweep (same configs and variant names: they are
+  # reused, not redone), to keep the suite short.
   for (r, workdir), name in ((tiny_run, "caption"), (tiny_vqvae_run, "vqvae")):
     assert r.returncode == 0, r.stderr[-3000:]
     shutil.copytree(workdir, tmp_path / "work" / name)
+  assert tiny_sweep[1].returncode == 0, tiny_sweep[1].stderr[-3000:]
+  shutil.copytree(tiny_sweep[2], tmp_path / "sweep")
   notebook = nbformat.read(path, as_version=4)
   # Papermill-style: the test's values go right after the cell tagged "parameters".
   index = next(i for i, c in enumerate(notebook.cells)

@@ -16,7 +16,8 @@ from gpt4v_jax import checkpoint, sharding, train
 from gpt4v_jax.optimizer import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# No evals: this is about the train loop; 6 steps, checkpoints at 3 and 6.
+# No evals for the two processes: this is about the train loop; 6 steps, checkpoints at 3
+# and 6.
 FLAGS = ("--config.evals.every=0", "--config.evals.final_splits=()",
          "--config.evals.during_splits=()")
 
@@ -40,8 +41,10 @@ def _restore_params(workdir):
   return step, jax.device_get(state.params)
 
 
-def test_two_processes_match_one_and_write_one_checkpoint(tmp_path, tiny_data_dir, run_main):
-  one = run_main(f"--workdir={tmp_path / 'one'}", *FLAGS)
+def test_two_processes_match_one_and_write_one_checkpoint(tmp_path, tiny_data_dir, tiny_run):
+  # The one-process reference: the suite's tiny run (8 devices; its evals change nothing
+  # that training reads).
+  one, one_dir = tiny_run
   assert one.returncode == 0, one.stderr[-3000:]
 
   with socket.socket() as s:  # A free port for the coordinator.
@@ -67,7 +70,7 @@ def test_two_processes_match_one_and_write_one_checkpoint(tmp_path, tiny_data_di
   # One checkpoint per step, which this single process restores to the one-process params.
   assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["3", "6"]
   step, params = _restore_params(tmp_path / "two")
-  ref_step, ref_params = _restore_params(tmp_path / "one")
+  ref_step, ref_params = _restore_params(one_dir)
   assert step == ref_step == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
                params, ref_params)
