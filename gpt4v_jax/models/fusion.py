@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from gpt4v_jax.models.vit import dense
+from gpt4v_jax.models.vit import dense, layer_norm
 
 
 class Projector(nn.Module):
@@ -98,8 +98,8 @@ class PerceiverResampler(nn.Module):
             ("embed", "heads", "head_dim")), (width, self.num_heads, d), jnp.float32)
         return jnp.einsum(axes, inputs, kernel.astype(self.dtype))
 
-      q_in = _layer_norm(self.dtype, f"layer_{i}_norm_latents")(y)
-      kv_in = jnp.concatenate([_layer_norm(self.dtype, f"layer_{i}_norm_image")(x), q_in],
+      q_in = layer_norm(self.dtype, f"layer_{i}_norm_latents")(y)
+      kv_in = jnp.concatenate([layer_norm(self.dtype, f"layer_{i}_norm_image")(x), q_in],
                               axis=1)
       out = jax.nn.dot_product_attention(proj("query", q_in), proj("key", kv_in),
                                          proj("value", kv_in))
@@ -108,18 +108,10 @@ class PerceiverResampler(nn.Module):
           ("heads", "head_dim", "embed")), (self.num_heads, d, width), jnp.float32)
       y = y + jnp.einsum("bthd,hde->bte", out, wo.astype(self.dtype))
       h = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, f"layer_{i}_mlp_in")(
-          _layer_norm(self.dtype, f"layer_{i}_norm_mlp")(y))
+          layer_norm(self.dtype, f"layer_{i}_norm_mlp")(y))
       y = y + dense(width, ("mlp", "embed"), self.dtype, f"layer_{i}_mlp_out")(nn.gelu(h))
       y = nn.with_logical_constraint(y, names)
-    return _layer_norm(self.dtype, "norm_out")(y)
-
-
-def _layer_norm(dtype, name):
-  return nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                              ("norm",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                             ("norm",)))
+    return layer_norm(self.dtype, "norm_out")(y)
 
 
 def merge_tokens(x, m):

@@ -39,7 +39,8 @@ def vit_variant(name):
               patch_size=int(match.group(2)))
 
 
-def _norm(dtype, name):
+def layer_norm(dtype, name):
+  """LayerNorm with float32, logically named ("norm") scale and bias."""
   return nn.LayerNorm(
       dtype=dtype,
       param_dtype=jnp.float32,
@@ -120,12 +121,12 @@ class Block(nn.Module):
   def __call__(self, x, deterministic):
     """[batch, tokens, embed] -> [batch, tokens, embed]."""
     width = x.shape[-1]
-    y = _norm(self.dtype, "ln_attn")(x)
+    y = layer_norm(self.dtype, "ln_attn")(x)
     y = Attention(self.num_heads, self.dtype, name="attn")(y)
     x = x + nn.Dropout(self.dropout)(y, deterministic)
     x = nn.with_logical_constraint(x, _BTE)
 
-    y = _norm(self.dtype, "ln_mlp")(x)
+    y = layer_norm(self.dtype, "ln_mlp")(x)
     y = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, "mlp_in")(y)
     y = nn.with_logical_constraint(nn.gelu(y), _BTM)
     y = dense(width, ("mlp", "embed"), self.dtype, "mlp_out")(y)
@@ -264,4 +265,4 @@ class ViT(nn.Module):
       block = remat_lib.remat(Block, self.remat, static_argnums=(2,))
       for i in range(self.depth):
         x = block(*args, name=f"block_{i}")(x, deterministic)
-    return _norm(self.dtype, "ln_final")(x)
+    return layer_norm(self.dtype, "ln_final")(x)
