@@ -68,6 +68,23 @@ def vq_workdir(tiny_vqvae_run) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_vqa_run(tmp_path_factory, run_main):
+  """(CompletedProcess, workdir) of one tiny VQA run (configs/shapes_vqa.py:tiny). Copy the
+  workdir before changing it."""
+  workdir = tmp_path_factory.mktemp("tiny_vqa") / "run"
+  return run_main(f"--workdir={workdir}", config="shapes_vqa.py:tiny"), workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_run(tmp_path_factory, run_main, vq_workdir):
+  """(CompletedProcess, workdir) of one tiny text-to-image run (configs/shapes_t2i.py:tiny) on
+  the tiny VQ-VAE run. Copy the workdir before changing it."""
+  workdir = tmp_path_factory.mktemp("tiny_t2i") / "run"
+  return run_main(f"--workdir={workdir}", f"--config.objective.image_tokenizer={vq_workdir}",
+                  config="shapes_t2i.py:tiny"), workdir
+
+
+@pytest.fixture(scope="session")
 def tiny_sources(tiny_data_dir):
   """{split: data source} of the tiny dataset (built on first use), examples as encoded."""
   from gpt4v_jax.data import shapes  # Imports jax: only after XLA_FLAGS is set above.

@@ -24,12 +24,14 @@ def test_there_are_four_notebooks_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_headless(path, tmp_path, tiny_data_dir, tiny_run, tiny_vqvae_run,
-                                tiny_sweep):
-  # The suite's finished tiny caption and VQ-VAE runs, and its tiny sweep, stand in for the
-  # notebooks' first trainings and their sweep (same configs and variant names: they are
-  # reused, not redone), to keep the suite short.
-  for (r, workdir), name in ((tiny_run, "caption"), (tiny_vqvae_run, "vqvae")):
+def test_notebook_runs_headless(path, tmp_path, tiny_data_dir, tiny_run, tiny_vqa_run,
+                                tiny_vqvae_run, tiny_t2i_run, tiny_sweep):
+  # The suite's finished tiny caption, VQA and text-to-image runs, and its tiny sweep, stand
+  # in for the notebooks' trainings and their sweep (same configs and variant names: they are
+  # reused, not redone), to keep the suite short. The text-to-image run's config names the
+  # VQ-VAE run's own workdir, so that one is passed as VQ_WORKDIR (found finished) instead.
+  for (r, workdir), name in ((tiny_run, "caption"), (tiny_vqa_run, "vqa"),
+                             (tiny_t2i_run, "t2i")):
     assert r.returncode == 0, r.stderr[-3000:]
     shutil.copytree(workdir, tmp_path / "work" / name)
   assert tiny_sweep[1].returncode == 0, tiny_sweep[1].stderr[-3000:]
@@ -40,7 +42,7 @@ def test_notebook_runs_headless(path, tmp_path, tiny_data_dir, tiny_run, tiny_vq
                if "parameters" in c.metadata.get("tags", []))
   notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(
       f"WORKDIR = {str(tmp_path / 'work')!r}\nSWEEP_DIR = {str(tmp_path / 'sweep')!r}\n"
-      f"DATA_DIR = {tiny_data_dir!r}\nTINY = True"))
+      f"DATA_DIR = {tiny_data_dir!r}\nTINY = True\nVQ_WORKDIR = {str(tiny_vqvae_run[1])!r}"))
   os.environ.setdefault("MPLBACKEND", "Agg")
   nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -98,18 +98,16 @@ def test_caption_run_is_not_an_image_tokenizer(tmp_path, run_main, tiny_run):
   assert r.returncode != 0 and "not a VQ-VAE" in r.stderr
 
 
-def test_t2i_config_trains_and_scores_generations_through_main(tmp_path, run_main, config):
-  r = run_main(f"--workdir={tmp_path / 't2i'}",
-               f"--config.objective.image_tokenizer={config.objective.image_tokenizer}",
-               config="shapes_t2i.py:tiny")
+def test_t2i_config_trains_and_scores_generations_through_main(tiny_t2i_run):
+  r, workdir = tiny_t2i_run
   assert r.returncode == 0, r.stderr[-3000:]
-  results = json.loads((tmp_path / "t2i" / "results.json").read_text())["test"]
+  results = json.loads((workdir / "results.json").read_text())["test"]
   assert {"overall", "presence", "count", "position", "cfg1/overall", "cfg5/overall"} <= set(
       results)
   assert all(0.0 <= results[k] <= 1.0 for k in ("overall", "presence", "color"))
-  records = json.loads((tmp_path / "t2i" / "eval_test_step6.json").read_text())["predictions"]
+  records = json.loads((workdir / "eval_test_step6.json").read_text())["predictions"]
   assert len(records) == 16 and "parsed" in records[0]
-  grid = (tmp_path / "t2i" / "samples_test_step6.png")
+  grid = workdir / "samples_test_step6.png"
   assert grid.exists()
   from PIL import Image
   assert Image.open(grid).size == (8 * 128, 3 * 128)  # 8 prompts x 3 guidance scales.

@@ -56,22 +56,42 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
     return losses, jax.device_get(state.params), shardings
 
 
-@pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4)])
-def test_sharded_step_matches_one_device(data, fsdp):
+@pytest.fixture(scope="module")
+def tiny_steps():
+  """tiny_steps(data, fsdp, microbatches=1) -> (losses, params, shardings) of two steps of
+  the tiny config on one random batch, over a data x fsdp mesh (1 x 1: the first device).
+  Each setting is compiled and run once for the module."""
   config = _tiny_config()
   batch, obj = _random_batch(config)
-  config.mesh.update(data=1, fsdp=1, tensor=1)
-  ref_losses, ref_params, _ = _run_steps(config, jax.devices()[:1], batch, obj.max_text_len)
-  config.mesh.update(data=data, fsdp=fsdp, tensor=1)
-  losses, params, shardings = _run_steps(config, jax.devices(), batch, obj.max_text_len)
+  runs = {}
+
+  def run(data, fsdp, microbatches=1):
+    if (data, fsdp, microbatches) not in runs:
+      c = config.copy_and_resolve_references()
+      c.mesh.update(data=data, fsdp=fsdp, tensor=1)
+      c.train.microbatches = microbatches
+      devices = jax.devices()[:data * fsdp]
+      runs[data, fsdp, microbatches] = _run_steps(c, devices, batch, obj.max_text_len)
+    return runs[data, fsdp, microbatches]
+
+  run.batch = batch
+  return run
+
+
+def test_sharded_step_matches_one_device(tiny_steps):
+  """Data parallel x FSDP: the whole step (loss, gradients, AdamW, donation) matches one
+  device. Each mesh axis alone, and tensor parallelism, are held to one device's loss and
+  gradients in tests/test_parallelism.py."""
+  ref_losses, ref_params, _ = tiny_steps(1, 1)
+  losses, params, shardings = tiny_steps(2, 4)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   # Adam divides by sqrt(v): for near-zero gradients, float reassociation noise across
   # devices becomes an update of up to ~lr/100, hence the absolute tolerance on params.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
                params, ref_params)
-  if fsdp > 1:  # FSDP really shards: some param is split over the fsdp axis.
-    specs = [s.spec for s in jax.tree.leaves(shardings.params)]
-    assert any("fsdp" in jax.tree.leaves(tuple(s)) for s in specs)
+  # FSDP really shards: some param is split over the fsdp axis.
+  specs = [s.spec for s in jax.tree.leaves(shardings.params)]
+  assert any("fsdp" in jax.tree.leaves(tuple(s)) for s in specs)
 
 
 def test_mesh_errors_name_the_setting():
@@ -147,16 +167,12 @@ def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources
   restored.close()
 
 
-def test_gradient_accumulation_matches_the_whole_batch():
+def test_gradient_accumulation_matches_the_whole_batch(tiny_steps):
   """Rows of one length carry equal token counts, so the mean of micro-batch means is the
   batch mean: 4 micro-batches of 4 give the same losses and params as one batch of 16."""
-  config = _tiny_config()
-  batch, obj = _random_batch(config)
-  assert len(set(batch["loss_mask"].sum(axis=1))) == 1
-  config.mesh.update(data=2, fsdp=4, tensor=1)
-  ref_losses, ref_params, _ = _run_steps(config, jax.devices(), batch, obj.max_text_len)
-  config.train.microbatches = 4
-  losses, params, _ = _run_steps(config, jax.devices(), batch, obj.max_text_len)
+  assert len(set(tiny_steps.batch["loss_mask"].sum(axis=1))) == 1
+  ref_losses, ref_params, _ = tiny_steps(2, 4)
+  losses, params, _ = tiny_steps(2, 4, microbatches=4)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
                params, ref_params)

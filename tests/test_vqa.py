@@ -112,14 +112,14 @@ def test_score_is_exact_match_overall_and_per_type(obj):
   assert list(records[0]) == ["id", "question", "qtype", "prediction", "answer"]
 
 
-def test_tiny_vqa_run_reports_accuracy_per_question_type(tmp_path, run_main):
-  r = run_main(f"--workdir={tmp_path / 'run'}", config="shapes_vqa.py:tiny")
+def test_tiny_vqa_run_reports_accuracy_per_question_type(tiny_vqa_run):
+  r, workdir = tiny_vqa_run
   assert r.returncode == 0, r.stderr[-3000:]
-  results = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+  results = json.loads((workdir / "results.json").read_text())["test"]
   assert {"accuracy", "num_questions"} | {f"accuracy_{t}" for t in shapes.QUESTION_TYPES
                                           } <= set(results)
   assert results["num_examples"] == 16 and results["num_questions"] >= 6 * 16
-  records = json.loads((tmp_path / "run" / "eval_test_step6.json").read_text())["predictions"]
+  records = json.loads((workdir / "eval_test_step6.json").read_text())["predictions"]
   assert len(records) == results["num_questions"]
   assert set(records[0]) == {"id", "question", "qtype", "prediction", "answer"}
 
