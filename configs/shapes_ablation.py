@@ -17,6 +17,8 @@ from configs import shapes_multitask
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_multitask.get_config(arg)
+  # From scratch: a pretrained start would need a caption run of every variant.
+  c.init = dict(workdir="", params=("vit",))
   if arg != "tiny":
     c.train.steps = 5000
     # The table reports test metrics only: the compositional split would add ~100 s a run.

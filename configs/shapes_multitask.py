@@ -1,6 +1,7 @@
 """Captioning, VQA and text-to-image trained together: one model, one loop, on the embedded
 `shapes` dataset.
 
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/caption
   python -m gpt4v_jax.main --config=configs/shapes_vqvae.py --workdir=workdirs/shapes_vqvae
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py --workdir=workdirs/multitask
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py:tiny --workdir=/tmp/t \
@@ -9,7 +10,7 @@
 Variants as in shapes_caption ("" or "tiny"). Everything but the objective and the vocabulary
 is shapes_caption's, each part's own keys come from its single-task config, and the weights
 set how many rows of a batch each task gets. Text-to-image needs the VQ-VAE run first, as in
-shapes_t2i.py.
+shapes_t2i.py, and the default starts from the caption run's params, as shapes_vqa.py.
 """
 import ml_collections
 
@@ -33,4 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             questions_per_row=vqa.questions_per_row),
                    text_to_image=dict(weight=1.0, **t2i)))
   c.model.vocab_size = t2i_config.model.vocab_size
+  if not arg:
+    # Pretrain, then transfer, as shapes_vqa: every param starts from the caption run (the
+    # embedding grows by the image codes). From scratch, captioning got a third of the
+    # caption run's examples and reached test object F1 0.622 against its 0.898.
+    c.init = dict(workdir="workdirs/caption", params=("vit", "projector", "decoder"))
   return c

@@ -1,9 +1,11 @@
 """Visual question answering on the embedded `shapes` dataset.
 
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/caption
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py --workdir=workdirs/vqa
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py:tiny --workdir=/tmp/t
 
-The argument picks a variant, as in shapes_caption: "" (the default CPU run, ~14 min of
+The caption run comes first: the default starts from its checkpoint (`config.init`). The
+argument picks a variant, as in shapes_caption: "" (the default CPU run, ~14 min of
 training on 2 idle cores) or "tiny" (a seconds-long smoke run, used by the tests). Data,
 model, mesh, optimizer and checkpointing are shapes_caption's, imported from there (run from
 the repository root, as `make` does); this file sets the objective, the run length and evals.
@@ -25,7 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective = dict(kind="vqa", max_text_len=114, max_question_len=12, max_new_tokens=2,
                      questions_per_row=8)
 
-  if not arg:  # "tiny" keeps shapes_caption's tiny run length and evals.
+  if not arg:  # "tiny" keeps shapes_caption's tiny run length, evals and fresh init.
+    # Pretrain, then transfer (PaliGemma's recipe): every param starts from the caption
+    # run, whose encoder already tells shapes apart and whose decoder lists objects left to
+    # right; from scratch the same 6,000 steps reached test accuracy 0.771.
+    c.init = dict(workdir="workdirs/caption", params=("vit", "projector", "decoder"))
     # 6.5 GFLOP and ~135 ms per step on 2 idle cores: 6,000 steps (96k images, ~700k
     # questions) are ~14 min of training (test accuracy 0.771; 3,000 steps gave 0.696).
     c.train.update(steps=6000, checkpoint_every=3000)

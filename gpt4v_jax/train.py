@@ -130,14 +130,20 @@ def load_image_tokenizer(workdir: str) -> tuple[Any, dict]:
   return model, jax.device_get({"params": state.params, **state.model_state})
 
 
-def init_params_from(init: ml_collections.ConfigDict, params: dict, shardings: dict) -> dict:
+def init_params_from(init: ml_collections.ConfigDict, params: dict,
+                     vocab_size: int | None = None) -> dict:
   """`params` with the top-level trees named in `init.params` (e.g. "vit") taken from the
-  newest checkpoint of the run in `init.workdir` (pretrain, then finetune), laid out as
-  `shardings` says. Raises ValueError naming any tree or leaf that does not fit."""
+  newest checkpoint of the run in `init.workdir` (pretrain, then finetune), laid out as the
+  arrays they replace. A vocabulary that grew (this model's `vocab_size` over the source run's,
+  e.g. text-to-image's image codes after a captioner's words) keeps the source's rows of the
+  embedding tables and this init's rows for the new ids. Raises ValueError naming any tree or
+  leaf that does not fit."""
   if not init.workdir:
     return params
-  _, _, source, step = restore_run(init.workdir, "config.init.workdir")
+  source_config, _, source, step = restore_run(init.workdir, "config.init.workdir")
+  source_vocab = source_config.model.get("vocab_size")
   params = dict(params)
+  grown = []
   for name in init.params:
     if name not in source.params or name not in params:
       raise ValueError(f"config.init.params: {name!r} is not a param tree of both this model "
@@ -146,14 +152,45 @@ def init_params_from(init: ml_collections.ConfigDict, params: dict, shardings: d
     if jax.tree.structure(params[name]) != jax.tree.structure(source.params[name]):
       raise ValueError(f"config.init.params: {name!r} is built differently here than in "
                        f"{init.workdir} (different layers or param names).")
+    leaves = []
     for (path, new), old in zip(jax.tree_util.tree_leaves_with_path(params[name]),
                                 jax.tree.leaves(source.params[name])):
-      if new.shape != old.shape:
+      if new.shape == old.shape:
+        leaves.append(jax.device_put(old, new.sharding))
+        continue
+      axis = _grown_vocab_axis(new.shape, old.shape, vocab_size, source_vocab)
+      if axis is None:
         raise ValueError(f"config.init.params: {name}{jax.tree_util.keystr(path)} has shape "
                          f"{new.shape} here but {old.shape} in {init.workdir}.")
-    params[name] = jax.device_put(source.params[name], shardings[name])
-  log(f"Initialised {', '.join(init.params)} from step {step} of {init.workdir}.")
+      leaves.append(_overwrite_leading(new, old))
+      grown.append(f"{name}{jax.tree_util.keystr(path)}")
+    params[name] = jax.tree.unflatten(jax.tree.structure(params[name]), leaves)
+  log(f"Initialised {', '.join(init.params)} from step {step} of {init.workdir}"
+      + (f" (vocabulary {source_vocab} -> {vocab_size}: {', '.join(grown)} keep the new "
+         f"ids' fresh rows)." if grown else "."))
   return params
+
+
+def _grown_vocab_axis(new_shape, old_shape, vocab_size, source_vocab) -> int | None:
+  """The axis along which only the vocabulary grew from `source_vocab` to `vocab_size`."""
+  if not vocab_size or not source_vocab or source_vocab >= vocab_size:
+    return None
+  if len(new_shape) != len(old_shape):
+    return None
+  differ = [i for i, (n, o) in enumerate(zip(new_shape, old_shape)) if n != o]
+  if len(differ) == 1 and (new_shape[differ[0]], old_shape[differ[0]]) == (vocab_size,
+                                                                             source_vocab):
+    return differ[0]
+  return None
+
+
+def _overwrite_leading(new: jax.Array, old: jax.Array) -> jax.Array:
+  """`new` (sharded) with its leading slice along every axis replaced by `old`, computed on
+  new's mesh so that no host needs the whole of `new`."""
+  replicated = jax.sharding.NamedSharding(new.sharding.mesh, jax.sharding.PartitionSpec())
+  update = jax.jit(lambda n, o: jax.lax.dynamic_update_slice(n, o, (0,) * n.ndim),
+                   out_shardings=new.sharding)
+  return update(new, jax.device_put(old, replicated))
 
 
 def sharded_state_init(config, objective, model, tx, mesh, rules=None):
@@ -346,8 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     restored = ckpt.restore_latest(abstract_state, train_iter)
     if restored is None:
       state, start_step = init(), 0
-      state = state.replace(params=init_params_from(config.init, state.params,
-                                                    state_shardings.params))
+      state = state.replace(params=init_params_from(
+          config.init, state.params, config.model.get("vocab_size")))
     else:
       state, start_step = restored
       log(f"Resumed from step {start_step} in {workdir}.")

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -82,3 +83,29 @@ def test_finetune_from_another_runs_encoder(tmp_path, tiny_run, run_main, vq_wor
   bad = run_main(f"--workdir={tmp_path / 'bad'}", f"--config.init.workdir={vq_workdir}",
                  config="shapes_vqa.py:tiny")
   assert bad.returncode != 0 and "config.init.params: 'vit' is not a param tree" in bad.stderr
+
+
+def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
+  """The tiny caption run's decoder (128 ids) starts a text-to-image decoder (256 ids: its
+  words and the image codes): every leaf is the caption run's except the new ids' rows of the
+  embedding, which keep this model's init. A vocabulary that shrank is an error."""
+  (_, caption_dir), (r, t2i_dir) = tiny_run, tiny_t2i_run
+  assert r.returncode == 0, r.stderr[-3000:]
+  caption = train.restore_run(caption_dir, "caption")[2].params["decoder"]
+  fresh = train.restore_run(t2i_dir, "t2i")[2].params
+  init = ml_collections.ConfigDict(dict(workdir=str(caption_dir), params=("decoder",)))
+  grown = train.init_params_from(init, fresh, vocab_size=256)["decoder"]
+  flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))
+  caption, grown, fresh = flat(caption), flat(grown), flat(fresh["decoder"])
+  resized = [k for k in grown if grown[k].shape != caption[k].shape]
+  assert [jax.tree_util.keystr(k) for k in resized] == ["['embedding']"]
+  for k in grown:
+    old = np.asarray(caption[k])
+    new = np.asarray(grown[k])
+    np.testing.assert_array_equal(new[:len(old)], old)
+    np.testing.assert_array_equal(new[len(old):], np.asarray(fresh[k])[len(old):])
+  assert grown[resized[0]].shape == (256, caption[resized[0]].shape[1])
+  shrink = ml_collections.ConfigDict(dict(workdir=str(t2i_dir), params=("decoder",)))
+  caption_params = train.restore_run(caption_dir, "caption")[2].params
+  with pytest.raises(ValueError, match=r"decoder\['embedding'\] has shape \(128, .*\(256,"):
+    train.init_params_from(shrink, caption_params, vocab_size=128)
