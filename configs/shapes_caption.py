@@ -1,6 +1,6 @@
 """Image captioning on the embedded `shapes` dataset.
 
-  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/caption
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/shapes_caption
   python -m gpt4v_jax.main --config=configs/shapes_caption.py:tiny --workdir=/tmp/t
 
 The argument picks a variant: "" (the default CPU run, ~12 min of training on 2 cores) or "tiny" (a

@@ -1,7 +1,7 @@
 """Captioning, VQA and text-to-image trained together: one model, one loop, on the embedded
 `shapes` dataset.
 
-  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/caption
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/shapes_caption
   python -m gpt4v_jax.main --config=configs/shapes_vqvae.py --workdir=workdirs/shapes_vqvae
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py --workdir=workdirs/multitask
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py:tiny --workdir=/tmp/t \
@@ -38,5 +38,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Pretrain, then transfer, as shapes_vqa: every param starts from the caption run (the
     # embedding grows by the image codes). From scratch, captioning got a third of the
     # caption run's examples and reached test object F1 0.622 against its 0.898.
-    c.init = dict(workdir="workdirs/caption", params=("vit", "projector", "decoder"))
+    c.init = dict(workdir="workdirs/shapes_caption", params=("vit", "projector", "decoder"))
   return c

@@ -1,6 +1,6 @@
 """Visual question answering on the embedded `shapes` dataset.
 
-  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/caption
+  python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/shapes_caption
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py --workdir=workdirs/vqa
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py:tiny --workdir=/tmp/t
 
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Pretrain, then transfer (PaliGemma's recipe): every param starts from the caption
     # run, whose encoder already tells shapes apart and whose decoder lists objects left to
     # right; from scratch the same 6,000 steps reached test accuracy 0.771.
-    c.init = dict(workdir="workdirs/caption", params=("vit", "projector", "decoder"))
+    c.init = dict(workdir="workdirs/shapes_caption", params=("vit", "projector", "decoder"))
     # 6.5 GFLOP and ~135 ms per step on 2 idle cores: 6,000 steps (96k images, ~700k
     # questions) are ~14 min of training (test accuracy 0.771; 3,000 steps gave 0.696).
     c.train.update(steps=6000, checkpoint_every=3000)
