@@ -158,30 +158,25 @@ def init_params_from(init: ml_collections.ConfigDict, params: dict,
       if new.shape == old.shape:
         leaves.append(jax.device_put(old, new.sharding))
         continue
-      axis = _grown_vocab_axis(new.shape, old.shape, vocab_size, source_vocab)
-      if axis is None:
+      if not _only_vocab_grew(new.shape, old.shape, vocab_size, source_vocab):
         raise ValueError(f"config.init.params: {name}{jax.tree_util.keystr(path)} has shape "
                          f"{new.shape} here but {old.shape} in {init.workdir}.")
       leaves.append(_overwrite_leading(new, old))
       grown.append(f"{name}{jax.tree_util.keystr(path)}")
     params[name] = jax.tree.unflatten(jax.tree.structure(params[name]), leaves)
   log(f"Initialised {', '.join(init.params)} from step {step} of {init.workdir}"
-      + (f" (vocabulary {source_vocab} -> {vocab_size}: {', '.join(grown)} keep the new "
-         f"ids' fresh rows)." if grown else "."))
+      + (f"; vocabulary {source_vocab} -> {vocab_size}, the new ids' rows of "
+         f"{', '.join(grown)} as initialised here." if grown else "."))
   return params
 
 
-def _grown_vocab_axis(new_shape, old_shape, vocab_size, source_vocab) -> int | None:
-  """The axis along which only the vocabulary grew from `source_vocab` to `vocab_size`."""
-  if not vocab_size or not source_vocab or source_vocab >= vocab_size:
-    return None
-  if len(new_shape) != len(old_shape):
-    return None
-  differ = [i for i, (n, o) in enumerate(zip(new_shape, old_shape)) if n != o]
-  if len(differ) == 1 and (new_shape[differ[0]], old_shape[differ[0]]) == (vocab_size,
-                                                                             source_vocab):
-    return differ[0]
-  return None
+def _only_vocab_grew(new_shape, old_shape, vocab_size, source_vocab) -> bool:
+  """Whether the shapes differ in one axis only, from `source_vocab` to a larger
+  `vocab_size`."""
+  if not vocab_size or not source_vocab or len(new_shape) != len(old_shape):
+    return False
+  differ = [(n, o) for n, o in zip(new_shape, old_shape) if n != o]
+  return differ == [(vocab_size, source_vocab)] and vocab_size > source_vocab
 
 
 def _overwrite_leading(new: jax.Array, old: jax.Array) -> jax.Array:

@@ -229,4 +229,5 @@ def test_configs_saved_before_keys_were_added_load_with_their_old_behaviour(tmp_
   loaded = config_checks.load_saved_config(str(tmp_path))
   config["objective"].update(max_question_len=config["objective"]["max_text_len"] - 4,
                              questions_per_row=1)  # One question per row, as then.
+  config["init"] = dict(workdir="", params=["vit"])  # From scratch, as then.
   assert loaded == config
