@@ -19,7 +19,8 @@ from configs import shapes_caption, shapes_t2i, shapes_vqa
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_caption.get_config(arg)
-  caption, vqa = c.objective, shapes_vqa.get_config(arg).objective
+  vqa_config = shapes_vqa.get_config(arg)
+  caption, vqa = c.objective, vqa_config.objective
   t2i_config = shapes_t2i.get_config(arg)
   t2i = dict(t2i_config.objective)
   del t2i["kind"]
@@ -34,9 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             questions_per_row=vqa.questions_per_row),
                    text_to_image=dict(weight=1.0, **t2i)))
   c.model.vocab_size = t2i_config.model.vocab_size
-  if not arg:
-    # Pretrain, then transfer, as shapes_vqa: every param starts from the caption run (the
-    # embedding grows by the image codes). From scratch, captioning got a third of the
-    # caption run's examples and reached test object F1 0.622 against its 0.898.
-    c.init = dict(workdir="workdirs/shapes_caption", params=("vit", "projector", "decoder"))
+  # Pretrain, then transfer, as shapes_vqa: the default starts every param from the caption
+  # run (the embedding grows by the image codes). From scratch, captioning got a third of
+  # the caption run's examples and reached test object F1 0.622 against its 0.898.
+  c.init = vqa_config.init
   return c
