@@ -1,7 +1,7 @@
 """Visual question answering on the embedded `shapes` dataset.
 
   python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/shapes_caption
-  python -m gpt4v_jax.main --config=configs/shapes_vqa.py --workdir=workdirs/vqa
+  python -m gpt4v_jax.main --config=configs/shapes_vqa.py --workdir=workdirs/shapes_vqa
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py:tiny --workdir=/tmp/t
 
 The caption run comes first: the default starts from its checkpoint (`config.init`). The
