@@ -91,12 +91,12 @@ def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
   embedding, which keep this model's init. A vocabulary that shrank is an error."""
   (_, caption_dir), (r, t2i_dir) = tiny_run, tiny_t2i_run
   assert r.returncode == 0, r.stderr[-3000:]
-  caption = train.restore_run(caption_dir, "caption")[2].params["decoder"]
+  caption_params = train.restore_run(caption_dir, "caption")[2].params
   fresh = train.restore_run(t2i_dir, "t2i")[2].params
   init = ml_collections.ConfigDict(dict(workdir=str(caption_dir), params=("decoder",)))
   grown = train.init_params_from(init, fresh, vocab_size=256)["decoder"]
   flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))
-  caption, grown, fresh = flat(caption), flat(grown), flat(fresh["decoder"])
+  caption, grown, fresh = flat(caption_params["decoder"]), flat(grown), flat(fresh["decoder"])
   resized = [k for k in grown if grown[k].shape != caption[k].shape]
   assert [jax.tree_util.keystr(k) for k in resized] == ["['embedding']"]
   for k in grown:
@@ -106,6 +106,5 @@ def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
     np.testing.assert_array_equal(new[len(old):], np.asarray(fresh[k])[len(old):])
   assert grown[resized[0]].shape == (256, caption[resized[0]].shape[1])
   shrink = ml_collections.ConfigDict(dict(workdir=str(t2i_dir), params=("decoder",)))
-  caption_params = train.restore_run(caption_dir, "caption")[2].params
   with pytest.raises(ValueError, match=r"decoder\['embedding'\] has shape \(128, .*\(256,"):
     train.init_params_from(shrink, caption_params, vocab_size=128)
