@@ -15,6 +15,7 @@ from gpt4v_jax.models import decoder as decoder_lib
 from gpt4v_jax.models import cnn
 from gpt4v_jax.models import fusion
 from gpt4v_jax.models import gpt4v
+from gpt4v_jax.models import matmul
 from gpt4v_jax.models import vit as vit_lib
 
 RULES = sharding.DEFAULT_RULES
@@ -68,6 +69,26 @@ def variables(model):
 @pytest.fixture(scope="module")
 def apply(model):
   return jax.jit(model.apply)
+
+
+@pytest.mark.parametrize("spec,num_axes,transpose_w", [
+    ("bte,ef->btf", 1, False), ("bte,ehd->bthd", 1, False), ("bthd,hde->bte", 2, False),
+    ("bte,ve->btv", 1, True)])
+def test_contract_matches_einsum_with_gradients(spec, num_axes, transpose_w):
+  """matmul.contract (one 2D dot) is the einsum it replaces, forward and backward."""
+  rng = np.random.default_rng(0)
+  lhs, rhs = spec.split("->")[0].split(",")
+  sizes = dict(b=2, t=5, e=6, f=7, h=3, d=4, v=9)
+  x = jnp.asarray(rng.normal(size=[sizes[a] for a in lhs]), jnp.float32)
+  w = jnp.asarray(rng.normal(size=[sizes[a] for a in rhs]), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=[sizes[a] for a in spec.split("->")[1]]), jnp.float32)
+  ours = jax.vjp(lambda x, w: matmul.contract(x, w, num_axes, transpose_w=transpose_w), x, w)
+  ref = jax.vjp(lambda x, w: jnp.einsum(spec, x, w), x, w)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+  for got, want in zip(ours[1](dy), ref[1](dy)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="Contracted axes differ"):
+    matmul.contract(x, w[..., :1] if transpose_w else w[:1], num_axes, transpose_w=transpose_w)
 
 
 def test_vit_variant():

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from gpt4v_jax.models import matmul
 from gpt4v_jax.models import remat as remat_lib
 
 _BTE = ("activation_batch", "activation_length", "activation_embed")
@@ -94,9 +95,9 @@ class Attention(nn.Module):
     wo = self.param("out", _init(("heads", "head_dim", "embed"), (0, 1), 2),
                     (hq, d, width), jnp.float32)
 
-    q = jnp.einsum("bte,ehd->bthd", x, wq.astype(self.dtype))
-    k = jnp.einsum("bte,ehd->bthd", x, wk.astype(self.dtype))
-    v = jnp.einsum("bte,ehd->bthd", x, wv.astype(self.dtype))
+    q = matmul.contract(x, wq.astype(self.dtype))
+    k = matmul.contract(x, wk.astype(self.dtype))
+    v = matmul.contract(x, wv.astype(self.dtype))
     q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_base),
                                    _BTHD)
     k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_base),
@@ -119,7 +120,7 @@ class Attention(nn.Module):
                                      v.astype(self.dtype),
                                      mask=attn_mask[:, None, :, :])
     y = nn.with_logical_constraint(y, _BTHD)
-    y = jnp.einsum("bthd,hde->bte", y, wo.astype(self.dtype))
+    y = matmul.contract(y, wo.astype(self.dtype), 2)
     return nn.with_logical_constraint(y, _BTE), cache
 
 
@@ -135,7 +136,7 @@ class Mlp(nn.Module):
     def dense(features, names, name):
       return nn.Dense(features, use_bias=False, dtype=self.dtype,
                       param_dtype=jnp.float32, kernel_init=_init(names),
-                      name=name)
+                      dot_general=matmul.dense_dot_general, name=name)
 
     if self.mlp_type == "gated":
       gate = dense(self.mlp_dim, ("embed", "mlp"), "wi_gate")(x)
@@ -181,17 +182,17 @@ class GatedCrossAttention(nn.Module):
 
     y = _rms_norm(self.dtype, "norm_xattn")(x)
     context = context.astype(self.dtype)
-    q = nn.with_logical_constraint(jnp.einsum("bte,ehd->bthd", y, wq.astype(self.dtype)), _BTHD)
-    k = nn.with_logical_constraint(jnp.einsum("bne,ehd->bnhd", context, wk.astype(self.dtype)),
+    q = nn.with_logical_constraint(matmul.contract(y, wq.astype(self.dtype)), _BTHD)
+    k = nn.with_logical_constraint(matmul.contract(context, wk.astype(self.dtype)),
                                    _BTHD)
-    v = nn.with_logical_constraint(jnp.einsum("bne,ehd->bnhd", context, wv.astype(self.dtype)),
+    v = nn.with_logical_constraint(matmul.contract(context, wv.astype(self.dtype)),
                                    _BTHD)
     visible = context_visible.astype(bool)
     mask = jnp.broadcast_to(visible[:, None, None, None], (x.shape[0], 1, x.shape[1],
                                                            context.shape[1]))
     y = jax.nn.dot_product_attention(q, k, v, mask=mask)
     # A hidden image's row attends to nothing: its (uniform) attention output is zeroed.
-    y = jnp.einsum("bthd,hde->bte", y, wo.astype(self.dtype)) * visible[:, None, None]
+    y = matmul.contract(y, wo.astype(self.dtype), 2) * visible[:, None, None]
     x = x + jnp.tanh(gate_attn).astype(self.dtype) * nn.with_logical_constraint(y, _BTE)
     y = Mlp(self.mlp_dim, self.mlp_type, self.dtype, name="mlp")(
         _rms_norm(self.dtype, "norm_mlp")(x))
@@ -401,11 +402,11 @@ class Decoder(nn.Module):
           new_cache.append(layer_cache)
     x = self.final_norm(x)
     if self.tie_embeddings:
-      logits = jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+      logits = matmul.contract(x, self.embedding.astype(self.dtype), transpose_w=True,
+                               preferred_element_type=jnp.float32)
     else:
-      logits = jnp.einsum("bte,ev->btv", x, self.unembedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+      logits = matmul.contract(x, self.unembedding.astype(self.dtype),
+                               preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(
         logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits, new_cache

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from gpt4v_jax.models import matmul
 from gpt4v_jax.models.vit import dense, layer_norm
 
 
@@ -92,11 +93,11 @@ class PerceiverResampler(nn.Module):
     y = jnp.broadcast_to(latents.astype(self.dtype)[None], (b, self.num_latents, width))
     x = x.astype(self.dtype)
     for i in range(self.depth):
-      def proj(name, inputs, axes="bte,ehd->bthd"):
+      def proj(name, inputs):
         kernel = self.param(f"layer_{i}_{name}", nn.with_logical_partitioning(
             nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
             ("embed", "heads", "head_dim")), (width, self.num_heads, d), jnp.float32)
-        return jnp.einsum(axes, inputs, kernel.astype(self.dtype))
+        return matmul.contract(inputs, kernel.astype(self.dtype))
 
       q_in = layer_norm(self.dtype, f"layer_{i}_norm_latents")(y)
       kv_in = jnp.concatenate([layer_norm(self.dtype, f"layer_{i}_norm_image")(x), q_in],
@@ -106,7 +107,7 @@ class PerceiverResampler(nn.Module):
       wo = self.param(f"layer_{i}_out", nn.with_logical_partitioning(
           nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
           ("heads", "head_dim", "embed")), (self.num_heads, d, width), jnp.float32)
-      y = y + jnp.einsum("bthd,hde->bte", out, wo.astype(self.dtype))
+      y = y + matmul.contract(out, wo.astype(self.dtype), 2)
       h = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, f"layer_{i}_mlp_in")(
           layer_norm(self.dtype, f"layer_{i}_norm_mlp")(y))
       y = y + dense(width, ("mlp", "embed"), self.dtype, f"layer_{i}_mlp_out")(nn.gelu(h))

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from gpt4v_jax.models import cnn
+from gpt4v_jax.models import cnn, matmul
 from gpt4v_jax.models import remat as remat_lib
 
 _BTE = ("activation_batch", "activation_length", "activation_embed")
@@ -57,6 +57,7 @@ def dense(features, names, dtype, name):
       features,
       dtype=dtype,
       param_dtype=jnp.float32,
+      dot_general=matmul.dense_dot_general,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                names),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
@@ -89,7 +90,7 @@ class Attention(nn.Module):
           nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                        ("heads", "head_dim")),
           (self.num_heads, head_dim), jnp.float32)
-      y = jnp.einsum("bte,ehd->bthd", x, kernel.astype(self.dtype))
+      y = matmul.contract(x, kernel.astype(self.dtype))
       return nn.with_logical_constraint(y + bias.astype(self.dtype), _BTHD)
 
     q, k, v = proj("query"), proj("key"), proj("value")
@@ -106,7 +107,7 @@ class Attention(nn.Module):
         "out_bias",
         nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
         (width,), jnp.float32)
-    y = jnp.einsum("bthd,hde->bte", y, out_kernel.astype(self.dtype))
+    y = matmul.contract(y, out_kernel.astype(self.dtype), 2)
     return nn.with_logical_constraint(y + out_bias.astype(self.dtype), _BTE)
 
 
