@@ -15,7 +15,7 @@ from gpt4v_jax.models import decoder as decoder_lib
 from gpt4v_jax.models import cnn
 from gpt4v_jax.models import fusion
 from gpt4v_jax.models import gpt4v
-from gpt4v_jax.models import matmul
+from gpt4v_jax.models import attention, matmul
 from gpt4v_jax.models import vit as vit_lib
 
 RULES = sharding.DEFAULT_RULES
@@ -89,6 +89,44 @@ def test_contract_matches_einsum_with_gradients(spec, num_axes, transpose_w):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="Contracted axes differ"):
     matmul.contract(x, w[..., :1] if transpose_w else w[:1], num_axes, transpose_w=transpose_w)
+
+
+@pytest.mark.parametrize("heads,kv_heads,mask_heads", [(4, 4, 1), (4, 2, 1), (4, 2, 4),
+                                                        (4, 1, 0)])
+def test_attention_matches_jax_with_gradients(heads, kv_heads, mask_heads):
+  """attention.dot_product_attention (normalised after the value matmul) against
+  jax.nn.dot_product_attention, forward and backward: GQA, shared and per-head masks, rows
+  with no allowed key (uniform, as jax's), and no mask (mask_heads 0)."""
+  rng = np.random.default_rng(0)
+  b, t, s, d = 2, 5, 6, 8
+  q = jnp.asarray(rng.normal(size=(b, t, heads, d)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, s, kv_heads, d)), jnp.float32) for _ in range(2))
+  mask = None
+  if mask_heads:
+    mask = jnp.asarray(rng.random((b, mask_heads, t, s)) < 0.6).at[:, :, 0].set(False)
+  dy = jnp.asarray(rng.normal(size=(b, t, heads, d)), jnp.float32)
+  ours = jax.vjp(lambda q, k, v: attention.dot_product_attention(q, k, v, mask), q, k, v)
+  ref = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask), q, k, v)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+  for got, want in zip(ours[1](dy), ref[1](dy)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rope_matches_numpy_rotate_half():
+  """apply_rope against the rotate-half formula in numpy: position p rotates dimension
+  pair (i, i + d/2) by p * base^(-i / (d/2))."""
+  rng = np.random.default_rng(0)
+  b, t, h, d = 2, 7, 3, 8
+  x = rng.normal(size=(b, t, h, d)).astype(np.float32)
+  positions = rng.integers(0, 500, size=(b, t))
+  angle = positions[..., None, None] * 10000.0 ** (-np.arange(d // 2) / (d // 2))
+  x1, x2 = x[..., :d // 2], x[..., d // 2:]
+  want = np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle),
+                         x2 * np.cos(angle) + x1 * np.sin(angle)], axis=-1)
+  got = decoder_lib.apply_rope(jnp.asarray(x), jnp.asarray(positions), 10000.0)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert decoder_lib.apply_rope(jnp.asarray(x, jnp.bfloat16), jnp.asarray(positions),
+                                10000.0).dtype == jnp.bfloat16
 
 
 def test_vit_variant():

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from gpt4v_jax.models import matmul
+from gpt4v_jax.models import attention, matmul
 from gpt4v_jax.models.vit import dense, layer_norm
 
 
@@ -102,8 +102,8 @@ class PerceiverResampler(nn.Module):
       q_in = layer_norm(self.dtype, f"layer_{i}_norm_latents")(y)
       kv_in = jnp.concatenate([layer_norm(self.dtype, f"layer_{i}_norm_image")(x), q_in],
                               axis=1)
-      out = jax.nn.dot_product_attention(proj("query", q_in), proj("key", kv_in),
-                                         proj("value", kv_in))
+      out = attention.dot_product_attention(proj("query", q_in), proj("key", kv_in),
+                                            proj("value", kv_in))
       wo = self.param(f"layer_{i}_out", nn.with_logical_partitioning(
           nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
           ("heads", "head_dim", "embed")), (self.num_heads, d, width), jnp.float32)

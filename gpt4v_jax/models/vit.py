@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from gpt4v_jax.models import cnn, matmul
+from gpt4v_jax.models import attention, cnn, matmul
 from gpt4v_jax.models import remat as remat_lib
 
 _BTE = ("activation_batch", "activation_length", "activation_embed")
@@ -94,7 +94,7 @@ class Attention(nn.Module):
       return nn.with_logical_constraint(y + bias.astype(self.dtype), _BTHD)
 
     q, k, v = proj("query"), proj("key"), proj("value")
-    y = jax.nn.dot_product_attention(q, k, v)
+    y = attention.dot_product_attention(q, k, v)
     y = nn.with_logical_constraint(y, _BTHD)
     out_kernel = self.param(
         "out_kernel",
