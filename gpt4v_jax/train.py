@@ -274,10 +274,13 @@ def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
                                                     batch, dropout_rng, microbatches)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, trained)
-    params = {**state.params, **optax.apply_updates(trained, updates)}
-    # The update norm catches what loss and gradients miss, e.g. a NaN learning rate.
+    new_trained = optax.apply_updates(trained, updates)
+    params = {**state.params, **new_trained}
+    # The new params catch what loss and gradients miss, e.g. a NaN learning rate. (Not
+    # the update's norm: that keeps the update alive beside the params it changes in place,
+    # so XLA copies every param first.)
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(optax.tree.norm(updates)))
+              & jnp.isfinite(optax.tree.norm(new_trained)))
     if skip_nonfinite:
       params, opt_state, model_state = jax.tree.map(
           lambda new, old: jnp.where(finite, new, old), (params, opt_state, model_state),
