@@ -23,3 +23,14 @@ def test_benchmark_prints_a_table_and_writes_json(tmp_path, module, flags):
   assert result["machine"]["platform"] == "cpu" and result["rows"]
   if module == "decode":  # One compile per decoder and length, none per token.
     assert result["rows"][0]["cache_compiles"] == result["rows"][0]["recompute_compiles"] == 1
+
+
+def test_input_pipeline_benchmark_runs(tmp_path, tiny_data_dir):
+  r = subprocess.run([sys.executable, "-m", "experiments.benchmarks.input_pipeline",
+                      "--objectives=caption", "--batches=2", "--builder_config=tiny",
+                      f"--data_dir={tiny_data_dir}", f"--results_dir={tmp_path}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600,
+                     env={"PATH": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+  assert r.returncode == 0, r.stderr[-3000:]
+  row = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"][0]
+  assert row["objective"] == "caption" and row["headroom"] > 0

@@ -20,6 +20,7 @@ from gpt4v_jax.objectives import mixture
 _OBJECTIVES = flags.DEFINE_list("objectives", ["caption", "vqa"], "caption | vqa")
 _BATCHES = flags.DEFINE_integer("batches", 100, "Batches timed after the first.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data_dir", "Where the shapes dataset is built.")
+_BUILDER_CONFIG = flags.DEFINE_string("builder_config", "default", "shapes builder config.")
 
 
 def main(argv):
@@ -29,7 +30,8 @@ def main(argv):
   for name in _OBJECTIVES.value:
     config = {"caption": common.model_config("default"), "vqa": shapes_vqa.get_config()}[name]
     objective = train.make_objective(config)
-    source = shapes.encoded_sources(shapes.load_builder(_DATA_DIR.value, "default"))["train"]
+    builder = shapes.load_builder(_DATA_DIR.value, _BUILDER_CONFIG.value)
+    source = shapes.encoded_sources(builder)["train"]
     batch = config.data.global_batch_size
     it = iter(pipeline.train_dataset(
         source, mixture.train_components(objective), seed=0, local_batch_size=batch,
@@ -39,7 +41,7 @@ def main(argv):
     for _ in range(_BATCHES.value):
       next(it)
     pipeline_rate = _BATCHES.value * batch / (time.perf_counter() - t0)
-    step = train_step.measure(config, batch, repeats=5, peak=peak)
+    step = train_step.measure(config, batch, repeats=5, start_peak=peak)
     step_rate = batch / (step["step_ms"] / 1e3)
     rows.append(dict(objective=name, batch=batch, threads=config.data.num_threads,
                      pipeline_examples_per_s=pipeline_rate, step_examples_per_s=step_rate,
