@@ -34,3 +34,16 @@ def test_input_pipeline_benchmark_runs(tmp_path, tiny_data_dir):
   assert r.returncode == 0, r.stderr[-3000:]
   row = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"][0]
   assert row["objective"] == "caption" and row["headroom"] > 0
+
+
+def test_1b_benchmark_model_has_about_a_billion_params():
+  """The accelerator benchmark's "1b" model, counted from shapes alone (nothing allocated)."""
+  import jax
+  from experiments.benchmarks import common
+  from gpt4v_jax import train
+  config = common.model_config("1b")
+  objective = train.make_objective(config)
+  model = objective.build_model(config.model)
+  shapes = jax.eval_shape(lambda: objective.init_variables(model, jax.random.PRNGKey(0)))
+  params = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+  assert 1.0e9 < params < 1.2e9, params

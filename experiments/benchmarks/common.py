@@ -26,15 +26,20 @@ _RESULTS = flags.DEFINE_string(
 
 def model_config(name: str) -> ml_collections.ConfigDict:
   """shapes_caption's config with the named model: "default" (its own: ViT-mu/16, 2 x 128
-  decoder, 42 tokens) or "mid" (ViT-S/16 and a 12-layer, 512-wide decoder over 256 tokens:
-  16 image + 240 text)."""
+  decoder, 42 tokens), "mid" (ViT-S/16 and a 12-layer, 512-wide decoder over 256 tokens:
+  16 image + 240 text) or "1b" (ViT-B/16 and a 20-layer, 2048-wide decoder over the same
+  256 tokens: 1.09B params, for an accelerator, e.g. `--models=1b --variants=bfloat16`)."""
   c = shapes_caption.get_config()
   if name == "mid":
     c.model.update(vit_variant="S/16", width=512, depth=12, mlp_dim=2048, num_heads=8,
                    num_kv_heads=8, vocab_size=512)
     c.objective.max_text_len = 240
+  elif name == "1b":
+    c.model.update(vit_variant="B/16", width=2048, depth=20, mlp_dim=8192, num_heads=16,
+                   num_kv_heads=16, vocab_size=512)
+    c.objective.max_text_len = 240
   elif name != "default":
-    raise ValueError(f"Unknown benchmark model {name!r}; expected 'default' or 'mid'.")
+    raise ValueError(f"Unknown benchmark model {name!r}; expected 'default', 'mid' or '1b'.")
   return c
 
 
