@@ -4,9 +4,22 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from conftest import ROOT
+from experiments.benchmarks import common
+from gpt4v_jax import train
+
+
+def _run(module: str, flags: list[str], results_dir) -> dict:
+  """Runs `experiments.benchmarks.<module>` with flags; returns the JSON it wrote."""
+  r = subprocess.run([sys.executable, "-m", f"experiments.benchmarks.{module}", *flags,
+                      f"--results_dir={results_dir}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600, env={"PATH": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"{module} on cpu" in r.stdout and "|---|" in r.stdout
+  return json.loads((results_dir / f"{module}.json").read_text())
 
 
 @pytest.mark.parametrize("module, flags", [
@@ -14,33 +27,20 @@ from conftest import ROOT
     ("decode", ["--model=default", "--batch=2", "--lengths=4", "--repeats=1"]),
 ])
 def test_benchmark_prints_a_table_and_writes_json(tmp_path, module, flags):
-  r = subprocess.run([sys.executable, "-m", f"experiments.benchmarks.{module}", *flags,
-                      f"--results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                     timeout=600, env={"PATH": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f"{module} on cpu" in r.stdout and "|---|" in r.stdout
-  result = json.loads((tmp_path / f"{module}.json").read_text())
+  result = _run(module, flags, tmp_path)
   assert result["machine"]["platform"] == "cpu" and result["rows"]
   if module == "decode":  # One compile per decoder and length, none per token.
     assert result["rows"][0]["cache_compiles"] == result["rows"][0]["recompute_compiles"] == 1
 
 
 def test_input_pipeline_benchmark_runs(tmp_path, tiny_data_dir):
-  r = subprocess.run([sys.executable, "-m", "experiments.benchmarks.input_pipeline",
-                      "--objectives=caption", "--batches=2", "--builder_config=tiny",
-                      f"--data_dir={tiny_data_dir}", f"--results_dir={tmp_path}"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=600,
-                     env={"PATH": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
-  assert r.returncode == 0, r.stderr[-3000:]
-  row = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"][0]
+  row = _run("input_pipeline", ["--objectives=caption", "--batches=2", "--builder_config=tiny",
+                                 f"--data_dir={tiny_data_dir}"], tmp_path)["rows"][0]
   assert row["objective"] == "caption" and row["headroom"] > 0
 
 
 def test_1b_benchmark_model_has_about_a_billion_params():
   """The accelerator benchmark's "1b" model, counted from shapes alone (nothing allocated)."""
-  import jax
-  from experiments.benchmarks import common
-  from gpt4v_jax import train
   config = common.model_config("1b")
   objective = train.make_objective(config)
   model = objective.build_model(config.model)
