@@ -43,4 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # run (the embedding grows by the image codes). From scratch, captioning got a third of
   # the caption run's examples and reached test object F1 0.622 against its 0.898.
   c.init = vqa_config.init
+  # Half the caption run's peak learning rate: at 2e-3 the first 2,000 steps of the mixture
+  # cost captioning 14 points of validation F1 (0.88 -> 0.74) before it recovered.
+  c.optimizer.learning_rate = 1e-3
   return c

@@ -21,14 +21,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_caption.get_config(arg)
   # Rows: [BOS][t2i] caption (<= 23 tokens, every caption fits) [BOI] 64 codes [EOI].
   # caption_dropout: the share of rows without their caption, for classifier-free guidance.
+  # code_order "columns": the decoder writes the 8x8 code grid column by column, left to
+  # right, the order in which captions list the objects (validation overall after 4,000
+  # steps, 200 captions: 0.33 against 0.28 row by row, at temperature 0.7 and scale 2).
   # Evaluation samples with temperature/top_k/top_p at each of eval_cfg_scales; cfg_scale
-  # is the one whose metrics are reported unprefixed.
+  # is the one whose metrics are reported unprefixed. Temperature 0.7 at scale 2 scored
+  # 0.33 where temperature 1 at scale 3 scored 0.15 (same checkpoint and captions).
   c.objective = dict(kind="text_to_image", image_tokenizer="workdirs/shapes_vqvae",
-                     max_caption_len=23, caption_dropout=0.1, cfg_scale=3.0,
-                     eval_cfg_scales=(1.0, 3.0, 5.0), temperature=1.0, top_k=0, top_p=1.0)
+                     max_caption_len=23, caption_dropout=0.1, cfg_scale=2.0,
+                     eval_cfg_scales=(1.0, 1.5, 2.0, 3.0), temperature=0.7, top_k=0,
+                     top_p=1.0, code_order="columns")
+  # The image is hidden in every text-to-image row, so the encoder and projector get no
+  # gradient: frozen, they cost no backward pass or optimizer update.
+  c.optimizer.frozen = ("vit", "projector")
   # 75 tokenizer ids + 1024 codes = 1099, padded to a multiple of 128.
   c.model.vocab_size = 1152
   c.evals.update(final_splits=("test",), num_samples_to_print=2)
+  if not arg:
+    # The frozen encoder makes a step ~10% cheaper than captioning's (5.96 against 6.91
+    # GFLOP), and the loss still falls at 4,000 steps: 12,000 steps (192k captions).
+    c.train.update(steps=12000, checkpoint_every=3000)
+    c.evals.every = 3000
   if arg == "tiny":
     c.objective.image_tokenizer = "workdirs/shapes_vqvae_tiny"
     c.model.vocab_size = 256  # The tiny VQ-VAE has 64 codes: 75 + 64 fit.

@@ -63,8 +63,9 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     vqa      max_text_len, max_question_len, max_new_tokens, questions_per_row
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
-             caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p (its
-             row length follows from max_caption_len and the tokenizer's grid)
+             caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
+             code_order (its row length follows from max_caption_len and the tokenizer's
+             grid)
     mixture  max_text_len (shared by every part: their rows share one layout), and
              mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
              mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))
@@ -89,7 +90,7 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
         max_caption_len=keys.max_caption_len, caption_dropout=keys.caption_dropout,
         cfg_scale=keys.cfg_scale, eval_cfg_scales=tuple(keys.eval_cfg_scales),
         temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
-        max_text_len=max_text_len)
+        code_order=keys.code_order, max_text_len=max_text_len)
   if kind == "caption":
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
   if kind == "vqa":

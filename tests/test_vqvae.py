@@ -60,6 +60,20 @@ def test_encode_decode_shapes(downsample):
   assert recon.shape == (2, 64, 64, 3) and aux["codes"].shape == (2, grid, grid)
 
 
+@pytest.mark.parametrize("local", [True, False])
+def test_local_encoder_sees_only_its_patch(local):
+  """A local encoder's latent for patch (1, 1) ignores every pixel outside that 8x8 patch
+  (equal patches, equal codes); the default encoder's sees its neighbours."""
+  encoder = vqvae.Encoder(16, 8, 1, 8, 8, local=local)
+  images = jax.random.uniform(jax.random.key(0), (1, 64, 64, 3), minval=-1.0)
+  variables = encoder.init(jax.random.key(1), images)
+  changed = images.at[:, :8].set(0.3).at[:, 16:].set(-0.7).at[:, 8:16, :8].set(0.9)
+  before, after = (np.asarray(encoder.apply(variables, x)) for x in (images, changed))
+  same = np.allclose(before[0, 1, 1], after[0, 1, 1], rtol=0, atol=0)
+  assert same == local
+  assert not np.allclose(before[0, 0, 0], after[0, 0, 0])
+
+
 @pytest.mark.parametrize("update", ["ema", "loss"])
 def test_every_variable_has_logical_names(update):
   model = vqvae.VQVAE(codebook_update=update, **SMALL)

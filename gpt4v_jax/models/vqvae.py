@@ -63,14 +63,15 @@ def _width(channels, min_channels, k):
 
 
 class ResBlock(nn.Module):
-  """x + conv1x1(relu(conv3x3(relu(x)))), the original VQ-VAE block."""
+  """x + conv1x1(relu(conv3x3(relu(x)))), the original VQ-VAE block (kernel=1: both 1x1)."""
   dtype: jnp.dtype = jnp.float32
+  kernel: int = 3
 
   @nn.compact
   def __call__(self, x):
     """[B, h, w, C] -> [B, h, w, C]."""
     channels = x.shape[-1]
-    y = _conv(channels, 3, 1, self.dtype, "conv3x3")(nn.relu(x))
+    y = _conv(channels, self.kernel, 1, self.dtype, "conv3x3")(nn.relu(x))
     return x + _conv(channels, 1, 1, self.dtype, "conv1x1")(nn.relu(y))
 
 
@@ -79,6 +80,13 @@ class Encoder(nn.Module):
 
   Channels double with each halving (from at least min_channels) and reach
   `channels` at the grid.
+
+  local: each latent sees only its own downsample x downsample patch (2x2 stride-2
+  convs, 1x1 convs at the grid), so equal patches get equal codes wherever they are.
+  The default 4x4 and 3x3 kernels see neighbouring patches too, and their codes carry that
+  context: on `shapes`, pure-background patches then spread over hundreds of codes, entropy
+  a text-to-image decoder has to model and, when it samples a context-carrying code in the
+  wrong context, that the VQ decoder draws as a stray fragment.
   """
   channels: int
   min_channels: int
@@ -86,32 +94,39 @@ class Encoder(nn.Module):
   downsample: int
   code_dim: int
   dtype: jnp.dtype = jnp.float32
+  local: bool = False
+
+  def _kernels(self) -> tuple[int, int]:
+    """(the halvings' kernel, the grid convs' kernel)."""
+    return (2, 1) if self.local else (4, 3)
 
   def forward_flops(self, image_size: int) -> float:
     """Conv FLOPs of one image's encoding (2 per multiply-add)."""
     n = _num_halvings(self.downsample)
+    down, mid = self._kernels()
     flops, cin, grid = 0.0, 3, image_size
     for i in range(n):
       cout, grid = _width(self.channels, self.min_channels, n - 1 - i), grid // 2
-      flops += 2 * grid**2 * 16 * cin * cout
+      flops += 2 * grid**2 * down**2 * cin * cout
       cin = cout
     c = self.channels
-    flops += 2 * grid**2 * 9 * cin * c
-    flops += self.num_res_blocks * 2 * grid**2 * 10 * c * c  # 3x3 and 1x1 convs.
+    flops += 2 * grid**2 * mid**2 * cin * c
+    flops += self.num_res_blocks * 2 * grid**2 * (mid**2 + 1) * c * c  # kxk and 1x1 convs.
     return flops + 2 * grid**2 * c * self.code_dim
 
   @nn.compact
   def __call__(self, images):
     """[B, 64, 64, 3] in [-1, 1] -> [B, h, w, D]."""
     n = _num_halvings(self.downsample)
+    down, mid = self._kernels()
     x = images.astype(self.dtype)
     for i in range(n):
-      x = _conv(_width(self.channels, self.min_channels, n - 1 - i), 4, 2,
+      x = _conv(_width(self.channels, self.min_channels, n - 1 - i), down, 2,
                 self.dtype, f"down_{i}")(x)
       x = nn.relu(x)
-    x = _conv(self.channels, 3, 1, self.dtype, "conv_mid")(x)
+    x = _conv(self.channels, mid, 1, self.dtype, "conv_mid")(x)
     for i in range(self.num_res_blocks):
-      x = ResBlock(self.dtype, name=f"res_{i}")(x)
+      x = ResBlock(self.dtype, mid, name=f"res_{i}")(x)
     return _conv(self.code_dim, 1, 1, self.dtype, "to_code")(nn.relu(x))
 
 
@@ -369,6 +384,7 @@ class VQVAE(nn.Module):
     num_codes, code_dim, codebook_update, decay, epsilon,
       dead_code_threshold: see `VectorQuantizer`.
     dtype: conv compute dtype; params, quantisation and outputs are float32.
+    local_encoder: codes of patches alone, not of their neighbourhood (`Encoder.local`).
   """
   channels: int = 64
   min_channels: int = 8
@@ -381,11 +397,12 @@ class VQVAE(nn.Module):
   epsilon: float = 1e-5
   dead_code_threshold: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  local_encoder: bool = False  # See Encoder.local.
 
   def setup(self):
     self.encoder = Encoder(self.channels, self.min_channels,
                            self.num_res_blocks, self.downsample, self.code_dim,
-                           self.dtype)
+                           self.dtype, self.local_encoder)
     self.quantizer = VectorQuantizer(
         self.num_codes, self.code_dim, self.codebook_update, self.decay,
         self.epsilon, self.dead_code_threshold)
@@ -405,7 +422,7 @@ class VQVAE(nn.Module):
     """Conv and matmul FLOPs of one image's encoding, nearest-code search, and (with
     `decode`) decoding. Unbound: builds its parts anew to count them."""
     encoder = Encoder(self.channels, self.min_channels, self.num_res_blocks, self.downsample,
-                      self.code_dim, parent=None)
+                      self.code_dim, local=self.local_encoder, parent=None)
     grid = image_size // self.downsample
     flops = encoder.forward_flops(image_size) + 2 * grid**2 * self.code_dim * self.num_codes
     if decode:

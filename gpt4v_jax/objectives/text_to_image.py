@@ -37,9 +37,15 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
   def __init__(self, tokenizer: Tokenizer, *, vq_model, vq_variables: dict,
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
-               top_p: float, seed: int, max_text_len: int | None = None):
-    """max_text_len: the row length; by default the longest row's (a mixture passes its
+               top_p: float, seed: int, code_order: str = "rows",
+               max_text_len: int | None = None):
+    """code_order: "rows" writes the code grid row by row (raster order), "columns" column
+    by column, left to right: the order in which captions list the objects.
+    max_text_len: the row length; by default the longest row's (a mixture passes its
     own, which must be at least that)."""
+    if code_order not in ("rows", "columns"):
+      raise ValueError(f"code_order={code_order!r}: expected 'rows' or 'columns'.")
+    self.code_order = code_order
     self.tokenizer = tokenizer
     self.vq_model, self.vq_variables = vq_model, vq_variables
     side = shapes.IMAGE_SIZE // vq_model.downsample
@@ -106,7 +112,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     their image."""
     codes = self.vq_model.apply(model_state["image_tokenizer"], batch["image"],
                                 method="encode")
-    tokens = codes.reshape(codes.shape[0], -1) + self.code_offset
+    tokens = self._flatten(codes) + self.code_offset
     has_codes = batch["code_start"] >= 0
     start = jnp.maximum(batch["code_start"], 1)
     splice = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
@@ -151,8 +157,20 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
           uncond_prompt=inputs["uncond_prompt"], uncond_prompt_mask=inputs["uncond_mask"],
           cfg_scale=scale, image_mask=jnp.zeros(b, bool), **self.sampling)
       images.append(_draw(self.vq_model, model_state["image_tokenizer"],
-                          tokens - self.code_offset))
+                          self._unflatten(tokens - self.code_offset)))
     return jnp.stack(images, axis=1)
+
+  def _flatten(self, codes: jax.Array) -> jax.Array:
+    """Code grid [batch, h, w] -> the sequence the decoder writes [batch, h * w]."""
+    if self.code_order == "columns":
+      codes = codes.transpose(0, 2, 1)
+    return codes.reshape(codes.shape[0], -1)
+
+  def _unflatten(self, tokens: jax.Array) -> jax.Array:
+    """`_flatten` inverted: [batch, h * w] -> [batch, h, w]."""
+    side = int(round(tokens.shape[1] ** 0.5))
+    grid = tokens.reshape(-1, side, side)
+    return grid.transpose(0, 2, 1) if self.code_order == "columns" else grid
 
   def to_predictions(self, outputs: np.ndarray) -> list[np.ndarray]:
     return list(outputs)
@@ -192,8 +210,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _draw(vq_model, vq_variables: dict, codes: jax.Array) -> jax.Array:
-  """Codes [batch, h * w] (clipped into the codebook) -> images [batch, H, W, 3] uint8."""
-  side = int(round(codes.shape[1] ** 0.5))
-  codes = jnp.clip(codes, 0, vq_model.num_codes - 1).reshape(-1, side, side)
+  """Codes [batch, h, w] (clipped into the codebook) -> images [batch, H, W, 3] uint8."""
+  codes = jnp.clip(codes, 0, vq_model.num_codes - 1)
   return to_uint8(vq_model.apply(vq_variables, codes, method="decode_codes"))
 
