@@ -28,8 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The encoder that also saw the neighbouring patches reconstructed as well, but spread pure
   # background patches (68% of all) over 316 codes (4.3 nats; code perplexity 250-360): noise
   # that the text-to-image decoder had to model, and that came out as stray fragments. With
-  # it, every background patch is one code (perplexity ~14) and text-to-image validation
-  # overall after 4,000 steps rose from 0.06-0.09 to 0.15-0.29 (sampling settings as there).
+  # it, every background patch is one code (perplexity ~14), and text-to-image (sampled at
+  # temperature 0.7, guidance 2; 200 validation captions) scored 0.28 overall after 4,000
+  # steps where the 10,000-step run on the old tokenizer scored 0.14.
   c.model = dict(channels=64, min_channels=16, num_res_blocks=2, downsample=8, num_codes=1024,
                  code_dim=64, codebook_update="ema", decay=0.99, epsilon=1e-5,
                  dead_code_threshold=0.1, dtype="float32", local_encoder=True)
