@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # run (the embedding grows by the image codes). From scratch, captioning got a third of
   # the caption run's examples and reached test object F1 0.622 against its 0.898.
   c.init = vqa_config.init
-  # Half the caption run's peak learning rate: at 2e-3 the first 2,000 steps of the mixture
-  # cost captioning 14 points of validation F1 (0.88 -> 0.74) before it recovered.
-  c.optimizer.learning_rate = 1e-3
+  # The caption run's peak learning rate (2e-3). Half of it (1e-3) spared captioning its
+  # early dip (validation F1 0.84 at 2,000 steps, against 0.74) but slowed VQA: test accuracy
+  # 0.841 (caption F1 0.890, text-to-image 0.120) against 0.864 at 2e-3.
   return c
