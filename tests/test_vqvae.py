@@ -67,7 +67,8 @@ def test_local_encoder_sees_only_its_patch(local):
   encoder = vqvae.Encoder(16, 8, 1, 8, 8, local=local)
   images = jax.random.uniform(jax.random.key(0), (1, 64, 64, 3), minval=-1.0)
   variables = encoder.init(jax.random.key(1), images)
-  changed = images.at[:, :8].set(0.3).at[:, 16:].set(-0.7).at[:, 8:16, :8].set(0.9)
+  changed = (images.at[:, :8].set(0.3).at[:, 16:].set(-0.7).at[:, 8:16, :8].set(0.9)
+             .at[:, 8:16, 16:].set(-0.2))  # Every pixel but those of patch (1, 1).
   before, after = (np.asarray(encoder.apply(variables, x)) for x in (images, changed))
   same = np.allclose(before[0, 1, 1], after[0, 1, 1], rtol=0, atol=0)
   assert same == local

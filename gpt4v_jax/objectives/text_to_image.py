@@ -37,8 +37,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
   def __init__(self, tokenizer: Tokenizer, *, vq_model, vq_variables: dict,
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
-               top_p: float, seed: int, code_order: str = "rows",
-               max_text_len: int | None = None):
+               top_p: float, seed: int, code_order: str, max_text_len: int | None = None):
     """code_order: "rows" writes the code grid row by row (raster order), "columns" column
     by column, left to right: the order in which captions list the objects.
     max_text_len: the row length; by default the longest row's (a mixture passes its
@@ -48,8 +47,8 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     self.code_order = code_order
     self.tokenizer = tokenizer
     self.vq_model, self.vq_variables = vq_model, vq_variables
-    side = shapes.IMAGE_SIZE // vq_model.downsample
-    self.num_codes, self.num_image_codes = vq_model.num_codes, side * side
+    self.grid_side = shapes.IMAGE_SIZE // vq_model.downsample
+    self.num_codes, self.num_image_codes = vq_model.num_codes, self.grid_side**2
     self.code_offset = tokenizer.vocab_size
     self.max_caption_len = max_caption_len
     self.caption_dropout = caption_dropout
@@ -168,8 +167,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
 
   def _unflatten(self, tokens: jax.Array) -> jax.Array:
     """`_flatten` inverted: [batch, h * w] -> [batch, h, w]."""
-    side = int(round(tokens.shape[1] ** 0.5))
-    grid = tokens.reshape(-1, side, side)
+    grid = tokens.reshape(-1, self.grid_side, self.grid_side)
     return grid.transpose(0, 2, 1) if self.code_order == "columns" else grid
 
   def to_predictions(self, outputs: np.ndarray) -> list[np.ndarray]:
