@@ -59,8 +59,9 @@ def load_saved_config(workdir: str) -> dict:
       objective["kind"]: objective}
   if objective["kind"] == "vqvae":  # Before local_encoder: every encoder saw neighbours.
     saved["model"].setdefault("local_encoder", False)
-  if "text_to_image" in parts:  # Before code_order: raster order.
-    parts["text_to_image"].setdefault("code_order", "rows")
+  if "text_to_image" in parts:  # Before code_order and code_positions: raster order, and
+    parts["text_to_image"].setdefault("code_order", "rows")  # no code position embeddings.
+    parts["text_to_image"].setdefault("code_positions", False)
   if "vqa" in parts:  # Before these keys: one question per row, prompts as long as the row.
     max_text_len = objective["max_text_len"]
     parts["vqa"].setdefault("questions_per_row", 1)

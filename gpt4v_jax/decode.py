@@ -85,10 +85,12 @@ def cached_steps(model, variables, images, prompt, prompt_mask,
   Args:
     model, images, prompt, prompt_mask, max_new_tokens: see `greedy_decode`.
     variables: {"params": unboxed params}.
+    images: may be None (no images), see `GPT4V.__call__`.
     image_mask: optional [batch] bool, see `GPT4V.__call__`.
   """
   # The last generated token is never fed back, hence the -1.
-  max_len = model.num_image_tokens + prompt.shape[1] + max_new_tokens - 1
+  num_image_tokens = 0 if images is None else model.num_image_tokens
+  max_len = num_image_tokens + prompt.shape[1] + max_new_tokens - 1
   logits, cache, state = model.apply(variables, images, prompt, prompt_mask,
                                      max_len, image_mask, method="prefill")
 

@@ -129,7 +129,7 @@ def sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
     model: a `GPT4V` (static: must be hashable, as Linen modules are).
     params: the model's "params" collection, boxed or unboxed.
     rng: PRNG key.
-    images: [batch, H, W, 3] float in [-1, 1].
+    images: [batch, H, W, 3] float in [-1, 1], or None: no images (text-to-image).
     prompt: [batch, p] int32, right-padded.
     prompt_mask: [batch, p] bool, False at padding.
     max_new_tokens: number of tokens to generate.
@@ -159,7 +159,7 @@ def sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
     # An all-True mask rather than a second compiled variant without one.
     allowed_tokens = jnp.ones(model.decoder.vocab_size, bool)
   if image_mask is None:
-    image_mask = jnp.ones(images.shape[0], bool)
+    image_mask = jnp.full(prompt.shape[0], images is not None)
   return _sample(model, params, rng, images, prompt, prompt_mask,
                  max_new_tokens, eos_id, pad_id, settings, allowed_tokens,
                  uncond_prompt, uncond_prompt_mask, image_mask)
@@ -187,7 +187,7 @@ def _sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
   cond = _pad_to(prompt, prompt_mask, length)
   uncond = _pad_to(uncond_prompt, uncond_prompt_mask, length)
   logits, step_fn, carry = decode.cached_steps(
-      model, variables, jnp.concatenate([images, images]),
+      model, variables, None if images is None else jnp.concatenate([images, images]),
       jnp.concatenate([cond[0], uncond[0]]),
       jnp.concatenate([cond[1], uncond[1]]), max_new_tokens,
       jnp.concatenate([image_mask, image_mask]))

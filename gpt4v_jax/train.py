@@ -64,8 +64,8 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
              caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
-             code_order (its row length follows from max_caption_len and the tokenizer's
-             grid)
+             code_order, code_positions (its row length follows from max_caption_len
+             and the tokenizer's grid)
     mixture  max_text_len (shared by every part: their rows share one layout), and
              mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
              mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))
@@ -76,13 +76,13 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
   tokenizer = get_tokenizer(config.tokenizer)
   if c.kind != "mixture":
     return _single_objective(c.kind, c, c.get("max_text_len"), tokenizer, config.seed)
-  parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer, config.seed)
-           for kind, part in c.mixture.items()}
+  parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer, config.seed,
+                                   mixed=True) for kind, part in c.mixture.items()}
   return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()})
 
 
 def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int | None,
-                      tokenizer, seed: int) -> Any:
+                      tokenizer, seed: int, mixed: bool = False) -> Any:
   if kind == "text_to_image":
     vq_model, vq_variables = load_image_tokenizer(keys.image_tokenizer)
     return TextToImageObjective(
@@ -90,7 +90,8 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
         max_caption_len=keys.max_caption_len, caption_dropout=keys.caption_dropout,
         cfg_scale=keys.cfg_scale, eval_cfg_scales=tuple(keys.eval_cfg_scales),
         temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
-        code_order=keys.code_order, max_text_len=max_text_len)
+        code_order=keys.code_order, code_positions=keys.code_positions,
+        max_text_len=max_text_len, with_other_tasks=mixed)
   if kind == "caption":
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
   if kind == "vqa":
@@ -131,31 +132,42 @@ def load_image_tokenizer(workdir: str) -> tuple[Any, dict]:
   return model, jax.device_get({"params": state.params, **state.model_state})
 
 
+# Params a model may have where the run it starts from has none; they keep their init (a
+# captioner's decoder starts a text-to-image one, which embeds code positions).
+_MAY_BE_NEW = ("code_position_embedding",)
+
+
 def init_params_from(init: ml_collections.ConfigDict, params: dict,
                      vocab_size: int | None = None) -> dict:
   """`params` with the top-level trees named in `init.params` (e.g. "vit") taken from the
   newest checkpoint of the run in `init.workdir` (pretrain, then finetune), laid out as the
   arrays they replace. A vocabulary that grew (this model's `vocab_size` over the source run's,
   e.g. text-to-image's image codes after a captioner's words) keeps the source's rows of the
-  embedding tables and this init's rows for the new ids. Raises ValueError naming any tree or
-  leaf that does not fit."""
+  embedding tables and this init's rows for the new ids; `_MAY_BE_NEW` params the source lacks
+  keep this init's values. Raises ValueError naming any tree or leaf that does not fit, or is
+  in one model only."""
   if not init.workdir:
     return params
   source_config, _, source, step = restore_run(init.workdir, "config.init.workdir")
   source_vocab = source_config.model.get("vocab_size")
   params = dict(params)
-  grown = []
+  grown, added = [], []
   for name in init.params:
     if name not in source.params or name not in params:
       raise ValueError(f"config.init.params: {name!r} is not a param tree of both this model "
                        f"({sorted(params)}) and the run in {init.workdir} "
                        f"({sorted(source.params)}).")
-    if jax.tree.structure(params[name]) != jax.tree.structure(source.params[name]):
-      raise ValueError(f"config.init.params: {name!r} is built differently here than in "
-                       f"{init.workdir} (different layers or param names).")
+    source_leaves = dict(jax.tree_util.tree_leaves_with_path(source.params[name]))
     leaves = []
-    for (path, new), old in zip(jax.tree_util.tree_leaves_with_path(params[name]),
-                                jax.tree.leaves(source.params[name])):
+    for path, new in jax.tree_util.tree_leaves_with_path(params[name]):
+      old = source_leaves.pop(path, None)
+      if old is None and getattr(path[-1], "key", None) in _MAY_BE_NEW:
+        leaves.append(new)
+        added.append(f"{name}{jax.tree_util.keystr(path)}")
+        continue
+      if old is None:
+        raise ValueError(f"config.init.params: {name!r} is built differently here than in "
+                         f"{init.workdir}, which has no {name}{jax.tree_util.keystr(path)}.")
       if new.shape == old.shape:
         leaves.append(jax.device_put(old, new.sharding))
         continue
@@ -164,10 +176,16 @@ def init_params_from(init: ml_collections.ConfigDict, params: dict,
                          f"{new.shape} here but {old.shape} in {init.workdir}.")
       leaves.append(_overwrite_leading(new, old))
       grown.append(f"{name}{jax.tree_util.keystr(path)}")
+    if source_leaves:
+      raise ValueError(f"config.init.params: {name!r} is built differently here than in "
+                       f"{init.workdir}: this model has no "
+                       f"{', '.join(name + jax.tree_util.keystr(p) for p in source_leaves)}.")
     params[name] = jax.tree.unflatten(jax.tree.structure(params[name]), leaves)
   log(f"Initialised {', '.join(init.params)} from step {step} of {init.workdir}"
       + (f"; vocabulary {source_vocab} -> {vocab_size}, the new ids' rows of "
-         f"{', '.join(grown)} as initialised here." if grown else "."))
+         f"{', '.join(grown)} as initialised here" if grown else "")
+      + (f"; {', '.join(added)}, which it lacks, as initialised here" if added else "")
+      + ".")
   return params
 
 

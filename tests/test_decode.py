@@ -9,9 +9,12 @@ import tiny_lm
 from tiny_lm import NEVER, PROMPT_LEN, PROMPT_LENGTHS, VOCAB
 
 
-@pytest.fixture(scope="module")
-def model():
-  return tiny_lm.model(depth=2)
+@pytest.fixture(scope="module", params=[0, 6], ids=["plain", "code_positions"])
+def model(request):
+  """Also with image-code position embeddings: random prompts and continuations hold
+  code ids (half the vocabulary), so prefill must count the prompt's codes and each step
+  its own; 6 positions for up to 9 codes also covers codes past the last position."""
+  return tiny_lm.model(depth=2, num_code_positions=request.param)
 
 
 @pytest.fixture(scope="module")

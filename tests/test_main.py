@@ -88,7 +88,8 @@ def test_finetune_from_another_runs_encoder(tmp_path, tiny_run, run_main, vq_wor
 def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
   """The tiny caption run's decoder (128 ids) starts a text-to-image decoder (256 ids: its
   words and the image codes): every leaf is the caption run's except the new ids' rows of the
-  embedding, which keep this model's init. A vocabulary that shrank is an error."""
+  embedding and the code position embeddings, which keep this model's init. A vocabulary
+  that shrank is an error, as is a param the target lacks."""
   (_, caption_dir), (r, t2i_dir) = tiny_run, tiny_t2i_run
   assert r.returncode == 0, r.stderr[-3000:]
   caption_params = train.restore_run(caption_dir, "caption")[2].params
@@ -97,9 +98,12 @@ def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
   grown = train.init_params_from(init, fresh, vocab_size=256)["decoder"]
   flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))
   caption, grown, fresh = flat(caption_params["decoder"]), flat(grown), flat(fresh["decoder"])
-  resized = [k for k in grown if grown[k].shape != caption[k].shape]
+  added = [k for k in grown if k not in caption]
+  assert [jax.tree_util.keystr(k) for k in added] == ["['code_position_embedding']"]
+  np.testing.assert_array_equal(grown[added[0]], fresh[added[0]])
+  resized = [k for k in caption if grown[k].shape != caption[k].shape]
   assert [jax.tree_util.keystr(k) for k in resized] == ["['embedding']"]
-  for k in grown:
+  for k in caption:
     old = np.asarray(caption[k])
     new = np.asarray(grown[k])
     np.testing.assert_array_equal(new[:len(old)], old)
@@ -108,3 +112,7 @@ def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
   shrink = ml_collections.ConfigDict(dict(workdir=str(t2i_dir), params=("decoder",)))
   with pytest.raises(ValueError, match=r"decoder\['embedding'\] has shape \(128, .*\(256,"):
     train.init_params_from(shrink, caption_params, vocab_size=128)
+  without = train.restore_run(t2i_dir, "t2i")[2].params
+  del without["decoder"]["code_position_embedding"]
+  with pytest.raises(ValueError, match=r"this model has no decoder\['code_position_embedding"):
+    train.init_params_from(shrink, without, vocab_size=256)

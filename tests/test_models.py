@@ -250,6 +250,34 @@ def test_decoder_validates_heads():
     gpt4v.build_model(small_config(num_kv_heads=3))
 
 
+def test_code_positions_embed_the_kth_code_token():
+  """Tokens from id 10 up are image codes: the k-th of a row (after codes_before) adds
+  position embedding k, clipped to the last; other tokens embed as without positions."""
+  dec = decoder_lib.Decoder(vocab_size=16, width=8, depth=1, mlp_dim=16, num_heads=2,
+                            num_kv_heads=1, code_ids=(10, 16), num_code_positions=4)
+  tokens = jnp.array([[1, 10, 11, 2, 15], [12, 3, 4, 13, 14]])
+  before = jnp.array([2, 0])
+  expected = np.full(tokens.shape, -1)
+  for row in range(2):  # A loop, counting codes left to right.
+    k = int(before[row])
+    for i, token in enumerate(np.asarray(tokens[row])):
+      if token >= 10:
+        expected[row, i], k = k, k + 1
+  np.testing.assert_array_equal(dec.code_index(tokens, before), expected)
+  np.testing.assert_array_equal(dec.code_index(tokens)[1], expected[1])
+
+  variables = dec.init(jax.random.key(0), tokens, method="embed")["params"]
+  x = dec.apply({"params": variables}, tokens, before, method="embed")
+  table = np.asarray(nn.unbox(variables["embedding"]))
+  positions = np.asarray(nn.unbox(variables["code_position_embedding"]))
+  reference = table[np.asarray(tokens)] + np.where(
+      (expected >= 0)[..., None], positions[np.clip(expected, 0, 3)], 0)
+  np.testing.assert_allclose(x, reference * 8**0.5, rtol=1e-6)
+  with pytest.raises(ValueError, match="code_ids"):
+    decoder_lib.Decoder(vocab_size=16, width=8, depth=1, mlp_dim=16, num_heads=2,
+                        num_kv_heads=1, code_ids=(10, 20), num_code_positions=4)
+
+
 def test_prefix_lm_mask_matches_loop():
   rng = np.random.default_rng(0)
   b, s = 6, 12
@@ -300,6 +328,7 @@ def test_padding_is_not_attended(variables, apply):
 
 
 def test_hidden_images_do_not_affect_text(variables, apply):
+  """Hidden images, whatever they are, leave the text's logits alone; so does no image."""
   images, text, ar_mask, input_mask = make_batch()
   hidden = jnp.zeros(images.shape[0], bool)
   base = apply(variables, images, text, ar_mask, input_mask, image_mask=hidden)
@@ -308,6 +337,9 @@ def test_hidden_images_do_not_affect_text(variables, apply):
   np.testing.assert_allclose(out[input_mask], base[input_mask], atol=1e-6)
   visible = apply(variables, images, text, ar_mask, input_mask)
   assert not np.allclose(visible, base, atol=1e-4)
+  # No images at all: the text alone, shifted 16 positions, which RoPE does not see.
+  none = apply(variables, None, text, ar_mask, input_mask)
+  np.testing.assert_allclose(none[input_mask], base[input_mask], atol=1e-5)
 
 
 @pytest.mark.parametrize("num_kv_heads", [1, 2, 4])

@@ -238,3 +238,15 @@ def test_settings_do_not_recompile(model, params, inputs):
   _run(model, params, inputs, temperature=0.0, top_k=1, top_p=1.0,
        allowed_tokens=jnp.arange(VOCAB) < 10)
   assert jitted._cache_size() == compiled
+
+
+def test_no_images_draws_as_hidden_images(model, params, inputs, uncond):
+  """Text-to-image samples without images: the same draws as with every image hidden, with
+  and without guidance (RoPE sees only relative positions)."""
+  images, prompt, mask = inputs
+  hidden = jnp.zeros(images.shape[0], bool)
+  for guidance in ({}, _guidance(uncond, 2.0)):
+    with_hidden = _run(model, params, inputs, image_mask=hidden, **guidance)
+    without = _run(model, params, (None, prompt, mask), **guidance)
+    np.testing.assert_array_equal(without, with_hidden)
+    assert not np.array_equal(with_hidden, _run(model, params, inputs, **guidance))

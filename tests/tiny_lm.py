@@ -11,14 +11,17 @@ PROMPT_LENGTHS = (5, 2, 3, 1)  # Valid prompt tokens per row, right-padded.
 NEVER = VOCAB  # An eos_id the model cannot emit.
 
 
-def model(depth: int) -> gpt4v.GPT4V:
+def model(depth: int, num_code_positions: int = 0) -> gpt4v.GPT4V:
+  """num_code_positions > 0: ids from VOCAB // 2 up are image codes with position
+  embeddings (`Decoder.num_code_positions`)."""
   cfg = shapes_caption.get_config().model
   # Untied unembedding: a random tied model mostly repeats its last input token, which would
   # make token comparisons weak tests.
   cfg.update(vit_variant="nano/16", width=64, depth=depth, mlp_dim=128, num_heads=4,
              num_kv_heads=1, vocab_size=VOCAB, tie_embeddings=False, projector="linear",
              mlp_type="gated")
-  return gpt4v.build_model(cfg)
+  return gpt4v.build_model(cfg, code_ids=(VOCAB // 2, VOCAB),
+                           num_code_positions=num_code_positions)
 
 
 def inputs() -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:

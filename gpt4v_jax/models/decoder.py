@@ -255,6 +255,11 @@ class Decoder(nn.Module):
       tokens (`context`) before blocks 0, k, 2k, ... (Flamingo-style fusion).
     dtype: compute dtype; params stay float32, logits are float32.
     dropout: residual dropout rate.
+    code_ids: (first, end) token ids of image codes (text-to-image), with
+      num_code_positions.
+    num_code_positions: 0 for none; n > 0 adds a learned embedding of its place in the
+      image to the k-th code token of a sequence, k < n (`code_index`): DALL-E's image
+      position embeddings, so the decoder need not count its way across the code grid.
   """
   vocab_size: int
   width: int
@@ -271,9 +276,15 @@ class Decoder(nn.Module):
   cross_attention_every: int = 0
   dtype: jnp.dtype = jnp.float32
   dropout: float = 0.0
+  code_ids: tuple[int, int] = (0, 0)
+  num_code_positions: int = 0
 
   def __post_init__(self):
     # Validate at construction so a bad config fails before any tracing.
+    if self.num_code_positions and not 0 <= self.code_ids[0] < self.code_ids[1] <= (
+        self.vocab_size):
+      raise ValueError(f"code_ids={self.code_ids} must be a non-empty id range within the "
+                       f"vocabulary of {self.vocab_size} for code position embeddings.")
     if self.cross_attention_every and self.scan_layers:
       raise ValueError("config.model.scan_layers=True does not support cross-attention "
                        "fusion yet; use fusion='prefix' or scan_layers=False.")
@@ -338,6 +349,15 @@ class Decoder(nn.Module):
                                              in_axis=1, out_axis=0),
             ("vocab", "embed")),
         (self.vocab_size, self.width), jnp.float32)
+    if self.num_code_positions:
+      # Scaled like the token embedding, which `embed` adds it to.
+      self.code_position_embedding = self.param(
+          "code_position_embedding",
+          nn.with_logical_partitioning(
+              nn.initializers.variance_scaling(1.0, "fan_in", "normal",
+                                               in_axis=1, out_axis=0),
+              (None, "embed")),
+          (self.num_code_positions, self.width), jnp.float32)
     if not self.tie_embeddings:
       self.unembedding = self.param("unembedding", _init(("embed", "vocab")),
                                     (self.width, self.vocab_size), jnp.float32)
@@ -363,10 +383,35 @@ class Decoder(nn.Module):
     self.final_norm = _rms_norm(self.dtype, "final_norm")
     self.embed_dropout = nn.Dropout(self.dropout)
 
-  def embed(self, tokens):
-    """[batch, t] int -> [batch, t, width], scaled by sqrt(width)."""
-    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
-    x = x * jnp.asarray(self.width**0.5, self.dtype)
+  def code_index(self, tokens, codes_before=None):
+    """Which image code of its sequence each token is.
+
+    Args:
+      tokens: [batch, t] int.
+      codes_before: optional [batch] int, code tokens earlier in the sequence (a decode
+        step's cache holds them); default 0.
+
+    Returns:
+      [batch, t] int32: k for the k-th code token (counted from 0), -1 for other tokens.
+    """
+    first, end = self.code_ids
+    is_code = (tokens >= first) & (tokens < end)
+    k = jnp.cumsum(is_code, axis=1, dtype=jnp.int32) - 1
+    if codes_before is not None:
+      k = k + codes_before[:, None]
+    return jnp.where(is_code, k, -1)
+
+  def embed(self, tokens, codes_before=None):
+    """[batch, t] int -> [batch, t, width], scaled by sqrt(width); with
+    num_code_positions, code tokens add their position's embedding (see `code_index`)."""
+    x = jnp.take(self.embedding, tokens, axis=0)
+    if self.num_code_positions:
+      k = self.code_index(tokens, codes_before)
+      # Codes past the last position (none in a well-formed sequence) share it.
+      position = jnp.take(self.code_position_embedding,
+                          jnp.clip(k, 0, self.num_code_positions - 1), axis=0)
+      x = x + jnp.where((k >= 0)[..., None], position, 0.0)
+    x = x.astype(self.dtype) * jnp.asarray(self.width**0.5, self.dtype)
     return nn.with_logical_constraint(x, _BTE)
 
   def __call__(self, x, positions, attn_mask, cache=None, cache_index=None,

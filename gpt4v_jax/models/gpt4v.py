@@ -99,7 +99,10 @@ class GPT4V(nn.Module):
     """Teacher-forced forward pass.
 
     Args:
-      images: [batch, H, W, 3] float in [-1, 1].
+      images: [batch, H, W, 3] float in [-1, 1], or None: no example has an image (a batch
+        of text-to-image rows only). The sequence is then the text alone, which with RoPE
+        (relative positions) equals hiding every image, up to rounding, without running
+        the encoder.
       text: [batch, t] int32 tokens, right-padded.
       ar_mask: [batch, t] int/bool; 0 = prefix (prompt), 1 = causal (target).
       input_mask: [batch, t] bool, False at padding.
@@ -114,9 +117,11 @@ class GPT4V(nn.Module):
       position i predict text token i + 1.
     """
     b, t = text.shape
-    n = self.num_image_tokens
-    x, context = self._fuse(self.encode_images(images, deterministic),
-                            self.decoder.embed(text), image_mask)
+    if images is None:
+      n, image_tokens, image_mask = 0, None, jnp.zeros((b,), bool)
+    else:
+      n, image_tokens = self.num_image_tokens, self.encode_images(images, deterministic)
+    x, context = self._fuse(image_tokens, self.decoder.embed(text), image_mask)
     ar_mask = jnp.concatenate(
         [jnp.zeros((b, n), jnp.int32), ar_mask.astype(jnp.int32)], axis=1)
     input_mask = jnp.concatenate(
@@ -131,10 +136,16 @@ class GPT4V(nn.Module):
     """(decoder input, decoder keyword args): with prefix fusion the image tokens
     [batch, n, width] lead the text [batch, t, width] in one sequence; with cross-attention
     the sequence is the text and they are the `context` (hidden where image_mask is False).
+    image_tokens None: no images; the sequence is the text (and the context one hidden
+    token).
     """
-    if self.fusion == "prefix":
-      return jnp.concatenate([image_tokens, text_embeds], axis=1), {}
     b = text_embeds.shape[0]
+    if self.fusion == "prefix":
+      if image_tokens is None:
+        return text_embeds, {}
+      return jnp.concatenate([image_tokens, text_embeds], axis=1), {}
+    if image_tokens is None:
+      image_tokens = jnp.zeros((b, 1, text_embeds.shape[-1]), text_embeds.dtype)
     visible = jnp.ones((b,), bool) if image_mask is None else image_mask.astype(bool)
     return text_embeds, dict(context=image_tokens, context_visible=visible)
 
@@ -142,7 +153,7 @@ class GPT4V(nn.Module):
     """Encodes [image tokens, prompt] into a fresh cache of max_len slots.
 
     Args:
-      images: [batch, H, W, 3].
+      images: [batch, H, W, 3], or None for no images (see `__call__`).
       prompt: [batch, p] int32, right-padded.
       prompt_mask: [batch, p] bool, False at padding.
       max_len: static int >= num_image_tokens + p; slots for decoded tokens.
@@ -154,15 +165,18 @@ class GPT4V(nn.Module):
          index: scalar int32, next cache slot (shared by the batch),
          positions: [batch] int32, next RoPE position of each example,
          visible: [batch, max_len] bool, cache slots holding valid tokens,
+         codes: [batch] int32, image-code tokens so far (see `Decoder.code_index`),
          and with cross-attention fusion context and context_visible, see `_fuse`).
     """
     b, p = prompt.shape
-    n = self.num_image_tokens
+    if images is None:
+      n, image_tokens, image_mask = 0, None, jnp.zeros((b,), bool)
+    else:
+      n, image_tokens = self.num_image_tokens, self.encode_images(images)
     if max_len < n + p:
       raise ValueError(f"max_len={max_len} < {n} image tokens + {p} prompt "
                        "tokens.")
-    x, context = self._fuse(self.encode_images(images), self.decoder.embed(prompt),
-                            image_mask)
+    x, context = self._fuse(image_tokens, self.decoder.embed(prompt), image_mask)
     valid = jnp.concatenate(
         [_image_valid(image_mask, b, n), prompt_mask.astype(bool)], axis=1)
     # The whole prefix is ar=0: full attention among valid tokens.
@@ -178,7 +192,10 @@ class GPT4V(nn.Module):
     # cross-attention recomputes their keys and values (n tokens: cheap next to the cache).
     state = dict(index=jnp.int32(n + p),
                  positions=lengths,
-                 visible=jnp.pad(valid, ((0, 0), (0, max_len - n - p))), **context)
+                 visible=jnp.pad(valid, ((0, 0), (0, max_len - n - p))),
+                 codes=jnp.sum((self.decoder.code_index(prompt) >= 0) & prompt_mask, axis=1,
+                             dtype=jnp.int32),
+                 **context)
     return logits[jnp.arange(b), lengths - 1], cache, state
 
   def decode_step(self, token, cache, state):
@@ -195,12 +212,14 @@ class GPT4V(nn.Module):
     slots = jnp.arange(state["visible"].shape[1])
     visible = state["visible"] | (slots == index)[None, :]
     context = {k: state[k] for k in ("context", "context_visible") if k in state}
-    logits, cache = self.decoder(self.decoder.embed(token[:, None]),
+    token = token[:, None]
+    logits, cache = self.decoder(self.decoder.embed(token, state["codes"]),
                                  state["positions"][:, None],
                                  visible[:, None, :],
                                  cache=cache, cache_index=index, **context)
+    codes = state["codes"] + (self.decoder.code_index(token)[:, 0] >= 0)
     state = dict(index=index + 1, positions=state["positions"] + 1,
-                 visible=visible, **context)
+                 visible=visible, codes=codes, **context)
     return logits[:, 0], cache, state
 
 
@@ -211,8 +230,9 @@ def _image_valid(image_mask, batch, n):
   return jnp.broadcast_to(image_mask.astype(bool)[:, None], (batch, n))
 
 
-def build_model(cfg):
-  """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py)."""
+def build_model(cfg, code_ids=(0, 0), num_code_positions=0):
+  """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py); code_ids and
+  num_code_positions: see `Decoder` (text-to-image objectives set them)."""
   dtype = jnp.dtype(cfg.dtype)
   if cfg.encoder not in ("vit", "cnn"):
     raise ValueError(f"config.model.encoder={cfg.encoder!r}: expected 'vit' or 'cnn'.")
@@ -237,7 +257,9 @@ def build_model(cfg):
       cross_attention_every=(cfg.cross_attention_every if cfg.fusion == "cross_attention"
                              else 0),
       dtype=dtype,
-      dropout=cfg.dropout)
+      dropout=cfg.dropout,
+      code_ids=tuple(code_ids),
+      num_code_positions=num_code_positions)
   resampler = (PerceiverResampler(cfg.resampler_latents, cfg.resampler_depth, cfg.num_heads,
                                   cfg.mlp_dim, dtype) if cfg.resampler_latents else None)
   return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector,

@@ -34,6 +34,9 @@ class MixtureObjective(PrefixLMObjective):
     # The part whose rows, variables and loss are a superset of the others'.
     self._widest = t2i[0] if t2i else next(iter(parts.values()))
 
+  def build_model(self, model_config):
+    return self._widest.build_model(model_config)
+
   def batch_spec(self, batch_size: int):
     return self._widest.batch_spec(batch_size)
 

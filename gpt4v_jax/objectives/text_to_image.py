@@ -3,7 +3,8 @@
   [BOS][t2i][caption tokens...][BOI] [code_1 ... code_hw][EOI] [PAD]...
   prefix: full attention             causal; the loss is on the codes and EOI
 
-The image is the answer, so the model does not see it: its image-token slots are hidden
+The image is the answer, so the model does not see it: it runs without images (`GPT4V(None,
+...)`), or in a mixture, where other rows show theirs, with its image-token slots hidden
 (`GPT4V(image_mask=...)`). The codes come from a frozen VQ-VAE (`configs/shapes_vqvae.py`,
 trained first) run inside the jitted train step, so the data pipeline stays numpy; its
 variables are part of the train state (`model_state["image_tokenizer"]`), so a text-to-image
@@ -25,6 +26,7 @@ from gpt4v_jax.data import shapes
 from gpt4v_jax.data.pipeline import decode_image, decode_text, image_to_float
 from gpt4v_jax.data.tokenizer import BOI_ID, EOI_ID, TASK_IDS, Tokenizer
 from gpt4v_jax.evals import scene_parser
+from gpt4v_jax.models import gpt4v
 from gpt4v_jax.objectives import prefix_lm
 from gpt4v_jax.objectives.caption import random_caption
 from gpt4v_jax.objectives.image_tokenizer import to_uint8
@@ -37,14 +39,21 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
   def __init__(self, tokenizer: Tokenizer, *, vq_model, vq_variables: dict,
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
-               top_p: float, seed: int, code_order: str, max_text_len: int | None = None):
+               top_p: float, seed: int, code_order: str, code_positions: bool,
+               max_text_len: int | None = None, with_other_tasks: bool = False):
     """code_order: "rows" writes the code grid row by row (raster order), "columns" column
     by column, left to right: the order in which captions list the objects.
+    code_positions: the model adds a learned embedding of each code's grid cell to its
+    token (see `Decoder.num_code_positions`).
     max_text_len: the row length; by default the longest row's (a mixture passes its
-    own, which must be at least that)."""
+    own, which must be at least that).
+    with_other_tasks: batches also hold other tasks' rows, with their images (a mixture);
+    otherwise no row shows its image, so the loss runs the model without images."""
     if code_order not in ("rows", "columns"):
       raise ValueError(f"code_order={code_order!r}: expected 'rows' or 'columns'.")
     self.code_order = code_order
+    self.code_positions = code_positions
+    self.with_other_tasks = with_other_tasks
     self.tokenizer = tokenizer
     self.vq_model, self.vq_variables = vq_model, vq_variables
     self.grid_side = shapes.IMAGE_SIZE // vq_model.downsample
@@ -71,6 +80,12 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     ids = self.tokenizer.encode(caption)
     return [TASK_IDS["text_to_image"]] + ids[:self.max_caption_len] + [BOI_ID], (
         len(ids) > self.max_caption_len)
+
+  def build_model(self, model_config):
+    """`GPT4V` whose decoder knows the code tokens' ids, for code position embeddings."""
+    return gpt4v.build_model(
+        model_config, code_ids=(self.code_offset, self.code_offset + self.num_codes),
+        num_code_positions=self.num_image_codes if self.code_positions else 0)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """prefix_lm's rows plus `code_start` [batch] int32: where the codes go in `text`."""
@@ -100,9 +115,14 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     return dict(super().init_variables(model, rng), image_tokenizer=self.vq_variables)
 
   def train_flops_per_example(self, model, frozen: tuple[str, ...] = ()) -> float:
-    """The row's, plus the frozen tokenizer's encoding of its image (forward only)."""
-    return (super().train_flops_per_example(model, frozen)
-            + self.vq_model.forward_flops(shapes.IMAGE_SIZE, decode=False))
+    """The row's (without images, the decoder's over the text alone), plus the frozen
+    tokenizer's encoding of its image (forward only)."""
+    tokenizer = self.vq_model.forward_flops(shapes.IMAGE_SIZE, decode=False)
+    if self.with_other_tasks:
+      return super().train_flops_per_example(model, frozen) + tokenizer
+    t = self.max_text_len
+    decoder = model.decoder.forward_flops(t, t, context_len=int(model.fusion != "prefix"))
+    return decoder * (1 if "decoder" in frozen else 3) + tokenizer
 
   def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
            deterministic: bool) -> tuple[jax.Array, dict, dict]:
@@ -118,7 +138,8 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     text = jnp.where(has_codes[:, None], splice(batch["text"], tokens, start), batch["text"])
     targets = jnp.where(has_codes[:, None], splice(batch["targets"], tokens, start - 1),
                         batch["targets"])
-    logits = model.apply({"params": params}, batch["image"], text, batch["ar_mask"],
+    images = batch["image"] if self.with_other_tasks else None
+    logits = model.apply({"params": params}, images, text, batch["ar_mask"],
                          batch["input_mask"], deterministic=deterministic,
                          image_mask=~has_codes, rngs={"dropout": rng})
     loss, aux = prefix_lm.next_token_loss(logits, targets, batch["loss_mask"])
@@ -140,21 +161,19 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
 
   def predict(self, model, params, model_state: dict, inputs: dict) -> jax.Array:
     """One image per prompt and guidance scale: [batch, len(cfg_scales), H, W, 3] uint8."""
-    b = inputs["prompt"].shape[0]
     allowed = (jnp.arange(model.decoder.vocab_size) >= self.code_offset) & (
         jnp.arange(model.decoder.vocab_size) < self.code_offset + self.num_codes)
     # Each batch draws with its own key, from its first example's id: reproducible, and
     # independent of how the eval set is batched only up to that.
     rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), inputs["seed"][0])
-    s = shapes.IMAGE_SIZE
     images = []
     for scale in self.cfg_scales:
       tokens = sampling.sample(
-          model, params, rng, jnp.zeros((b, s, s, 3)), inputs["prompt"],
-          inputs["prompt_mask"], self.num_image_codes, eos_id=EOI_ID,
-          pad_id=self.tokenizer.pad_id, allowed_tokens=allowed,
+          model, params, rng, None, inputs["prompt"], inputs["prompt_mask"],
+          self.num_image_codes, eos_id=EOI_ID, pad_id=self.tokenizer.pad_id,
+          allowed_tokens=allowed,
           uncond_prompt=inputs["uncond_prompt"], uncond_prompt_mask=inputs["uncond_mask"],
-          cfg_scale=scale, image_mask=jnp.zeros(b, bool), **self.sampling)
+          cfg_scale=scale, **self.sampling)
       images.append(_draw(self.vq_model, model_state["image_tokenizer"],
                           self._unflatten(tokens - self.code_offset)))
     return jnp.stack(images, axis=1)
