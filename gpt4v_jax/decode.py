@@ -89,8 +89,8 @@ def cached_steps(model, variables, images, prompt, prompt_mask,
     image_mask: optional [batch] bool, see `GPT4V.__call__`.
   """
   # The last generated token is never fed back, hence the -1.
-  num_image_tokens = 0 if images is None else model.num_image_tokens
-  max_len = num_image_tokens + prompt.shape[1] + max_new_tokens - 1
+  max_len = (model.image_tokens_in_sequence(images) + prompt.shape[1] + max_new_tokens
+             - 1)
   logits, cache, state = model.apply(variables, images, prompt, prompt_mask,
                                      max_len, image_mask, method="prefill")
 

@@ -141,11 +141,11 @@ def test_text_rows_beside_image_rows_keep_their_text_and_image(config, objective
       model, jax.random.PRNGKey(0)))
   params, model_state = variables.pop("params"), variables
   want, _, _ = caption_objective.loss(model, params, {}, batch, jax.random.PRNGKey(0), True)
-  objective.with_other_tasks = True  # As a mixture's part is built.
+  objective.runs_images = True  # As a mixture's part is built.
   try:
     got, _, _ = objective.loss(model, params, model_state,
                                dict(batch, code_start=jnp.full(4, -1, jnp.int32)),
                                jax.random.PRNGKey(0), True)
   finally:
-    objective.with_other_tasks = False
+    objective.runs_images = False
   np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -75,9 +75,18 @@ class GPT4V(nn.Module):
     cross-attention."""
     return self.num_vision_tokens if self.fusion == "prefix" else 0
 
-  def forward_flops(self, text_len: int, causal_halving: bool = True) -> dict[str, float]:
+  def image_tokens_in_sequence(self, images) -> int:
+    """How many decoder slots the images take: none without images (`images` None)."""
+    return 0 if images is None else self.num_image_tokens
+
+  def forward_flops(self, text_len: int, causal_halving: bool = True,
+                    images: bool = True) -> dict[str, float]:
     """Matmul FLOPs of one example's teacher-forced forward pass per top-level param tree:
-    {"vit", "projector", "decoder" (blocks over image and text tokens, the text's logits)}."""
+    {"vit", "projector", "decoder" (blocks over image and text tokens, the text's logits)};
+    images=False: the pass without images (`__call__(None, ...)`), the decoder's alone."""
+    if not images:  # Cross-attention then attends to one hidden token.
+      return dict(decoder=self.decoder.forward_flops(
+          text_len, text_len, causal_halving, context_len=int(self.fusion != "prefix")))
     projector = Projector(self.projector_kind, self.decoder.width, self.projector_merge,
                           parent=None)
     flops = dict(vit=self.vit.forward_flops(),
@@ -117,10 +126,8 @@ class GPT4V(nn.Module):
       position i predict text token i + 1.
     """
     b, t = text.shape
-    if images is None:
-      n, image_tokens, image_mask = 0, None, jnp.zeros((b,), bool)
-    else:
-      n, image_tokens = self.num_image_tokens, self.encode_images(images, deterministic)
+    n = self.image_tokens_in_sequence(images)
+    image_tokens, image_mask = self._encode_or_hide(images, b, image_mask, deterministic)
     x, context = self._fuse(image_tokens, self.decoder.embed(text), image_mask)
     ar_mask = jnp.concatenate(
         [jnp.zeros((b, n), jnp.int32), ar_mask.astype(jnp.int32)], axis=1)
@@ -131,6 +138,13 @@ class GPT4V(nn.Module):
                              prefix_lm_mask(ar_mask, input_mask),
                              deterministic=deterministic, **context)
     return logits[:, n:]
+
+  def _encode_or_hide(self, images, batch, image_mask, deterministic):
+    """(image tokens, image_mask): `encode_images` and the given mask, or without images
+    (None) no tokens and every image hidden."""
+    if images is None:
+      return None, jnp.zeros((batch,), bool)
+    return self.encode_images(images, deterministic), image_mask
 
   def _fuse(self, image_tokens, text_embeds, image_mask):
     """(decoder input, decoder keyword args): with prefix fusion the image tokens
@@ -169,10 +183,8 @@ class GPT4V(nn.Module):
          and with cross-attention fusion context and context_visible, see `_fuse`).
     """
     b, p = prompt.shape
-    if images is None:
-      n, image_tokens, image_mask = 0, None, jnp.zeros((b,), bool)
-    else:
-      n, image_tokens = self.num_image_tokens, self.encode_images(images)
+    n = self.image_tokens_in_sequence(images)
+    image_tokens, image_mask = self._encode_or_hide(images, b, image_mask, True)
     if max_len < n + p:
       raise ValueError(f"max_len={max_len} < {n} image tokens + {p} prompt "
                        "tokens.")

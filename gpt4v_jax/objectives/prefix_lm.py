@@ -111,6 +111,8 @@ class PrefixLMObjective:
   (infos, predictions -> metrics, records).
   """
   log_keys = ("token_accuracy",)  # Train metrics printed beside the loss.
+  # Whether the loss runs the model with images (text-to-image alone runs it without).
+  runs_images = True
 
   def build_model(self, model_config) -> Any:
     return build_model(model_config)
@@ -132,7 +134,7 @@ class PrefixLMObjective:
     """Model FLOPs of one row's forward and backward pass (3x the forward's matmuls, 1x for
     the `frozen` param trees, which get no backward pass; causal attention counted over half
     its pairs), for MFU."""
-    forward = model.forward_flops(self.max_text_len)
+    forward = model.forward_flops(self.max_text_len, images=self.runs_images)
     return sum(flops * (1 if name in frozen else 3) for name, flops in forward.items())
 
   def init_variables(self, model, rng: jax.Array) -> dict:

@@ -53,7 +53,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
       raise ValueError(f"code_order={code_order!r}: expected 'rows' or 'columns'.")
     self.code_order = code_order
     self.code_positions = code_positions
-    self.with_other_tasks = with_other_tasks
+    self.runs_images = with_other_tasks
     self.tokenizer = tokenizer
     self.vq_model, self.vq_variables = vq_model, vq_variables
     self.grid_side = shapes.IMAGE_SIZE // vq_model.downsample
@@ -115,14 +115,10 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     return dict(super().init_variables(model, rng), image_tokenizer=self.vq_variables)
 
   def train_flops_per_example(self, model, frozen: tuple[str, ...] = ()) -> float:
-    """The row's (without images, the decoder's over the text alone), plus the frozen
-    tokenizer's encoding of its image (forward only)."""
-    tokenizer = self.vq_model.forward_flops(shapes.IMAGE_SIZE, decode=False)
-    if self.with_other_tasks:
-      return super().train_flops_per_example(model, frozen) + tokenizer
-    t = self.max_text_len
-    decoder = model.decoder.forward_flops(t, t, context_len=int(model.fusion != "prefix"))
-    return decoder * (1 if "decoder" in frozen else 3) + tokenizer
+    """The row's (without images, the decoder's alone), plus the frozen tokenizer's
+    encoding of its image (forward only)."""
+    return (super().train_flops_per_example(model, frozen)
+            + self.vq_model.forward_flops(shapes.IMAGE_SIZE, decode=False))
 
   def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
            deterministic: bool) -> tuple[jax.Array, dict, dict]:
@@ -138,7 +134,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     text = jnp.where(has_codes[:, None], splice(batch["text"], tokens, start), batch["text"])
     targets = jnp.where(has_codes[:, None], splice(batch["targets"], tokens, start - 1),
                         batch["targets"])
-    images = batch["image"] if self.with_other_tasks else None
+    images = batch["image"] if self.runs_images else None
     logits = model.apply({"params": params}, images, text, batch["ar_mask"],
                          batch["input_mask"], deterministic=deterministic,
                          image_mask=~has_codes, rngs={"dropout": rng})
