@@ -59,9 +59,10 @@ def load_saved_config(workdir: str) -> dict:
       objective["kind"]: objective}
   if objective["kind"] == "vqvae":  # Before local_encoder: every encoder saw neighbours.
     saved["model"].setdefault("local_encoder", False)
-  if "text_to_image" in parts:  # Before code_order and code_positions: raster order, and
-    parts["text_to_image"].setdefault("code_order", "rows")  # no code position embeddings.
-    parts["text_to_image"].setdefault("code_positions", False)
+  if "text_to_image" in parts:  # Before code_order, code_positions, code_embedding_init:
+    parts["text_to_image"].setdefault("code_order", "rows")  # raster order, no code
+    parts["text_to_image"].setdefault("code_positions", False)  # position embeddings,
+    parts["text_to_image"].setdefault("code_embedding_init", "random")  # random init.
   if "vqa" in parts:  # Before these keys: one question per row, prompts as long as the row.
     max_text_len = objective["max_text_len"]
     parts["vqa"].setdefault("questions_per_row", 1)

@@ -64,7 +64,7 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
              caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
-             code_order, code_positions (its row length follows from max_caption_len
+             code_order, code_positions, code_embedding_init (its row length follows from max_caption_len
              and the tokenizer's grid)
     mixture  max_text_len (shared by every part: their rows share one layout), and
              mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
@@ -91,6 +91,7 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
         cfg_scale=keys.cfg_scale, eval_cfg_scales=tuple(keys.eval_cfg_scales),
         temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
         code_order=keys.code_order, code_positions=keys.code_positions,
+        code_embedding_init=keys.code_embedding_init,
         max_text_len=max_text_len, with_other_tasks=mixed)
   if kind == "caption":
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)

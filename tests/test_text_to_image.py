@@ -124,7 +124,7 @@ def test_t2i_config_trains_and_scores_generations_through_main(tiny_t2i_run):
   grid = workdir / "samples_test_step6.png"
   assert grid.exists()
   from PIL import Image
-  assert Image.open(grid).size == (8 * 128, 4 * 128)  # 8 prompts x 4 guidance scales.
+  assert Image.open(grid).size == (8 * 128, 5 * 128)  # 8 prompts x 5 guidance scales.
 
 
 def test_text_rows_beside_image_rows_keep_their_text_and_image(config, objective):
@@ -149,3 +149,31 @@ def test_text_rows_beside_image_rows_keep_their_text_and_image(config, objective
   finally:
     objective.runs_images = False
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_codebook_embedding_init_maps_codebook_distances(config):
+  """With code_embedding_init="codebook", code k's initial embedding is the tokenizer's
+  codebook vector k under one linear map (so codes equal in the codebook start equal and
+  centred codes map to centred rows), with the variance of a random init; text rows keep
+  theirs."""
+  c = config.copy_and_resolve_references()
+  c.objective.code_embedding_init = "codebook"
+  objective = train.make_objective(c)
+  model = objective.build_model(c.model)
+  rng = jax.random.PRNGKey(0)
+  fresh = nn.unbox(train.make_objective(config).init_variables(model, rng))
+  variables = nn.unbox(objective.init_variables(model, rng))
+  e = np.asarray(variables["params"]["decoder"]["embedding"])
+  first, end = objective.code_offset, objective.code_offset + objective.num_codes
+  np.testing.assert_array_equal(e[:first], fresh["params"]["decoder"]["embedding"][:first])
+  codebook = np.asarray(objective.vq_variables["vq_stats"]["quantizer"]["codebook"])
+  centred = codebook - codebook.mean(0)
+  # Solve for the map by least squares: it reproduces every row exactly.
+  m, *_ = np.linalg.lstsq(centred, e[first:end], rcond=None)
+  np.testing.assert_allclose(centred @ m, e[first:end], atol=1e-5)
+  np.testing.assert_allclose(e[first:end].mean(0), 0, atol=1e-5)
+  width = e.shape[1]
+  assert 0.5 / width < e[first:end].var() < 2.0 / width
+  with pytest.raises(ValueError, match="code_embedding_init"):
+    c.objective.code_embedding_init = "pca"
+    train.make_objective(c)

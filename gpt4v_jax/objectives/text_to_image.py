@@ -40,18 +40,25 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
                top_p: float, seed: int, code_order: str, code_positions: bool,
-               max_text_len: int | None = None, with_other_tasks: bool = False):
+               code_embedding_init: str = "random", max_text_len: int | None = None, with_other_tasks: bool = False):
     """code_order: "rows" writes the code grid row by row (raster order), "columns" column
     by column, left to right: the order in which captions list the objects.
     code_positions: the model adds a learned embedding of each code's grid cell to its
     token (see `Decoder.num_code_positions`).
+    code_embedding_init: "random" (like every token's) or "codebook": code k's embedding
+    starts as the VQ-VAE's codebook vector k, centred, scaled and mapped to the decoder's
+    width by a fixed random projection, so that codes that draw alike start alike.
     max_text_len: the row length; by default the longest row's (a mixture passes its
     own, which must be at least that).
     with_other_tasks: batches also hold other tasks' rows, with their images (a mixture);
     otherwise no row shows its image, so the loss runs the model without images."""
     if code_order not in ("rows", "columns"):
       raise ValueError(f"code_order={code_order!r}: expected 'rows' or 'columns'.")
+    if code_embedding_init not in ("random", "codebook"):
+      raise ValueError(f"code_embedding_init={code_embedding_init!r}: expected 'random' or "
+                       "'codebook'.")
     self.code_order = code_order
+    self.code_embedding_init = code_embedding_init
     self.code_positions = code_positions
     self.runs_images = with_other_tasks
     self.tokenizer = tokenizer
@@ -111,8 +118,16 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                 code_start=np.int32(1 + len(prompt)), **row)
 
   def init_variables(self, model, rng: jax.Array) -> dict:
-    """The decoder's fresh variables, plus the frozen tokenizer's as `image_tokenizer`."""
-    return dict(super().init_variables(model, rng), image_tokenizer=self.vq_variables)
+    """The decoder's fresh variables (code embeddings per `code_embedding_init`), plus the
+    frozen tokenizer's as `image_tokenizer`."""
+    variables = super().init_variables(model, rng)
+    if self.code_embedding_init == "codebook":
+      boxed = variables["params"]["decoder"]["embedding"]
+      rows = codebook_embeddings(self.vq_variables["vq_stats"]["quantizer"]["codebook"],
+                                 boxed.value.shape[1], jax.random.fold_in(rng, 1))
+      variables["params"]["decoder"]["embedding"] = boxed.replace_boxed(
+          boxed.value.at[self.code_offset:self.code_offset + self.num_codes].set(rows))
+    return dict(variables, image_tokenizer=self.vq_variables)
 
   def train_flops_per_example(self, model, frozen: tuple[str, ...] = ()) -> float:
     """The row's (without images, the decoder's alone), plus the frozen tokenizer's
@@ -219,6 +234,17 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     rows = [np.concatenate([predictions[i][k] for i in range(n)], axis=1)
             for k in range(len(self.cfg_scales))]
     return np.concatenate(rows, axis=0).repeat(2, axis=0).repeat(2, axis=1)
+
+
+def codebook_embeddings(codebook: jax.Array, width: int, rng: jax.Array) -> jax.Array:
+  """[K, D] VQ codebook -> [K, width] token embeddings, distributed as the decoder's
+  initial embeddings (zero mean, variance 1 / width per entry): the codebook is centred,
+  scaled to unit RMS and multiplied by a [D, width] Gaussian of variance 1 / (D * width)."""
+  centred = codebook - jnp.mean(codebook, axis=0)
+  unit = centred / jnp.sqrt(jnp.mean(centred**2))
+  projection = jax.random.normal(rng, (codebook.shape[1], width)) / jnp.sqrt(
+      codebook.shape[1] * width)
+  return unit @ projection
 
 
 @functools.partial(jax.jit, static_argnums=0)
