@@ -64,8 +64,8 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
              caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
-             code_order, code_positions, code_embedding_init (its row length follows from max_caption_len
-             and the tokenizer's grid)
+             code_order, code_positions, code_embedding_init (its row length follows from
+             max_caption_len and the tokenizer's grid)
     mixture  max_text_len (shared by every part: their rows share one layout), and
              mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
              mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))

@@ -40,7 +40,8 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
                top_p: float, seed: int, code_order: str, code_positions: bool,
-               code_embedding_init: str = "random", max_text_len: int | None = None, with_other_tasks: bool = False):
+               code_embedding_init: str, max_text_len: int | None = None,
+               with_other_tasks: bool = False):
     """code_order: "rows" writes the code grid row by row (raster order), "columns" column
     by column, left to right: the order in which captions list the objects.
     code_positions: the model adds a learned embedding of each code's grid cell to its
