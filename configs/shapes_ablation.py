@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_multitask.get_config(arg)
   # From scratch: a pretrained start would need a caption run of every variant.
   c.init = dict(workdir="", params=("vit",))
-  # The weights the published table was measured with (the multitask default is now 2:2:1).
+  # The weights the published table was measured with (the multitask default is now 2:2:1.5).
   # Its text-to-image column also predates the local VQ-VAE encoder, column-order codes and
   # the sampling settings of shapes_t2i.py.
   for task in ("caption", "vqa", "text_to_image"):
