@@ -19,9 +19,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_multitask.get_config(arg)
   # From scratch: a pretrained start would need a caption run of every variant.
   c.init = dict(workdir="", params=("vit",))
-  # The weights the published table was measured with (the multitask default is now 2:2:1.5).
-  # Its text-to-image column also predates the local VQ-VAE encoder, column-order codes and
-  # the sampling settings of shapes_t2i.py.
+  # The weights the published table was measured with (the multitask default is now 2:2:1.5);
+  # 6, 5 and 5 rows of each batch of 16 since the mixture's per-task sub-batches (its rows
+  # then came in a fixed pattern, padded to 91 slots). Its text-to-image column also predates
+  # the local VQ-VAE encoder, column-order codes and the sampling settings of shapes_t2i.py.
   for task in ("caption", "vqa", "text_to_image"):
     c.objective.mixture[task].weight = 1.0
   if arg != "tiny":

@@ -63,8 +63,12 @@ def load_saved_config(workdir: str) -> dict:
     parts["text_to_image"].setdefault("code_order", "rows")  # raster order, no code
     parts["text_to_image"].setdefault("code_positions", False)  # position embeddings,
     parts["text_to_image"].setdefault("code_embedding_init", "random")  # random init.
+  if objective["kind"] == "mixture" and "max_text_len" in objective:  # Before each part had
+    for part in parts.values():  # its own row length, every part's rows shared one.
+      part.setdefault("max_text_len", objective["max_text_len"])
+    del objective["max_text_len"]
   if "vqa" in parts:  # Before these keys: one question per row, prompts as long as the row.
-    max_text_len = objective["max_text_len"]
+    max_text_len = parts["vqa"]["max_text_len"]
     parts["vqa"].setdefault("questions_per_row", 1)
     parts["vqa"].setdefault("max_question_len", max_text_len - 4)
   return saved
@@ -99,11 +103,12 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _check_language_model(config: ml_collections.ConfigDict) -> None:
   objective = config.objective
-  if objective.get("max_text_len", 1) <= 0:  # text_to_image derives its own.
-    raise ValueError(f"config.objective.max_text_len={objective.max_text_len} must be "
-                     "positive.")
   vocab = get_tokenizer(config.tokenizer).vocab_size
   parts = objective.mixture if objective.kind == "mixture" else {objective.kind: objective}
+  for kind, part in parts.items():
+    key = "config.objective." + (f"mixture.{kind}." if objective.kind == "mixture" else "")
+    if part.get("max_text_len", 1) <= 0:  # text_to_image derives its own.
+      raise ValueError(f"{key}max_text_len={part.max_text_len} must be positive.")
   prefix = "config.objective." + ("mixture.text_to_image." if objective.kind == "mixture"
                                   else "")
   if "text_to_image" in parts:

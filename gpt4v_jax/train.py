@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from gpt4v_jax import checkpoint, config_checks, perf, preemption, sharding
-from gpt4v_jax.data import pipeline, shapes
+from gpt4v_jax.data import shapes
 from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
@@ -66,9 +66,9 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
              caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
              code_order, code_positions, code_embedding_init (its row length follows from
              max_caption_len and the tokenizer's grid)
-    mixture  max_text_len (shared by every part: their rows share one layout), and
-             mixture = {kind: dict(weight=..., that kind's other keys)}, e.g.
-             mixture = dict(caption=dict(weight=1.0, prompt=""), vqa=dict(weight=1.0, ...))
+    mixture  mixture = {kind: dict(weight=..., that kind's keys)}, e.g.
+             mixture = dict(caption=dict(weight=1.0, prompt="", max_text_len=26), vqa=...);
+             the weights' shares of config.data.global_batch_size are each part's rows
   """
   c = config.objective
   if c.kind == "vqvae":
@@ -76,13 +76,14 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
   tokenizer = get_tokenizer(config.tokenizer)
   if c.kind != "mixture":
     return _single_objective(c.kind, c, c.get("max_text_len"), tokenizer, config.seed)
-  parts = {kind: _single_objective(kind, part, c.max_text_len, tokenizer, config.seed,
-                                   mixed=True) for kind, part in c.mixture.items()}
-  return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()})
+  parts = {kind: _single_objective(kind, part, part.get("max_text_len"), tokenizer,
+                                   config.seed) for kind, part in c.mixture.items()}
+  return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()},
+                                  config.data.global_batch_size)
 
 
 def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int | None,
-                      tokenizer, seed: int, mixed: bool = False) -> Any:
+                      tokenizer, seed: int) -> Any:
   if kind == "text_to_image":
     vq_model, vq_variables = load_image_tokenizer(keys.image_tokenizer)
     return TextToImageObjective(
@@ -92,7 +93,7 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
         temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
         code_order=keys.code_order, code_positions=keys.code_positions,
         code_embedding_init=keys.code_embedding_init,
-        max_text_len=max_text_len, with_other_tasks=mixed)
+        max_text_len=max_text_len)
   if kind == "caption":
     return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
   if kind == "vqa":
@@ -306,8 +307,8 @@ def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
           lambda new, old: jnp.where(finite, new, old), (params, opt_state, model_state),
           (state.params, state.opt_state, state.model_state))
     c = state.counters
-    counters = dict(skipped_examples=c["skipped_examples"] + batch["skipped"].sum(),
-                    truncated_texts=c["truncated_texts"] + batch["truncated"].sum(),
+    counters = dict(skipped_examples=c["skipped_examples"] + _field_sum(batch, "skipped"),
+                    truncated_texts=c["truncated_texts"] + _field_sum(batch, "truncated"),
                     nonfinite_steps=c["nonfinite_steps"] + (~finite).astype(jnp.int32))
     metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    finite=finite, **counters, **aux)
@@ -315,6 +316,12 @@ def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
                          model_state=model_state, counters=counters), metrics
 
   return train_step
+
+
+def _field_sum(batch: dict, field: str) -> jax.Array:
+  """Sum of `field` over the batch: of every sub-batch's for a mixture ({part: rows})."""
+  rows = batch.values() if field not in batch else [batch]
+  return sum(part[field].sum() for part in rows)
 
 
 def _accumulate(grad_fn, trained, model_state, batch, rng, k):
@@ -375,10 +382,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   objective = make_objective(config)
   builder = shapes.load_builder(config.data.data_dir, config.data.builder_config)
   sources = shapes.encoded_sources(builder)
-  local_batch = config.data.global_batch_size // jax.process_count()
-  train_iter = iter(pipeline.train_dataset(
-      sources[config.data.train_split], mixture.train_components(objective), seed=config.seed,
-      local_batch_size=local_batch, process_index=jax.process_index(),
+  if isinstance(objective, mixture.MixtureObjective):  # Every part's rows must split too.
+    for name, rows in objective.part_rows.items():
+      what = (f"config.objective.mixture.{name}'s rows per batch (its weight's share of "
+              "config.data.global_batch_size)")
+      sharding.check_batch_divides(rows, mesh, what)
+      if rows % k or (rows // k) % sharding.data_parallel_size(mesh):
+        raise ValueError(f"{what}={rows} must split into config.train.microbatches={k} "
+                         "micro-batches, each divisible by the mesh's data*fsdp devices.")
+    log("Rows per batch: " + ", ".join(
+        f"{name} {rows} x {objective.parts[name].max_text_len} text slots"
+        for name, rows in objective.part_rows.items()) + ".")
+  train_iter = iter(mixture.train_dataset(
+      objective, sources[config.data.train_split], seed=config.seed,
+      global_batch_size=config.data.global_batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads,
       on_bad_example=config.data.on_bad_example))
   batch_sharding = sharding.batch_sharding(mesh)

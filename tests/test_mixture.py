@@ -2,13 +2,13 @@
 the config checks."""
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from configs import shapes_multitask, shapes_vqa
+from configs import shapes_multitask
 from gpt4v_jax import config_checks, decode, sharding, train
-from gpt4v_jax.data import pipeline
 from gpt4v_jax.data.tokenizer import TASK_IDS, get_tokenizer
 from gpt4v_jax.evals import evaluator
 from gpt4v_jax.objectives import mixture
@@ -27,35 +27,42 @@ def _objective(vq_workdir, **weights):
   return train.make_objective(_config(vq_workdir, **weights))
 
 
-def _train_iter(source, objective):
-  return iter(pipeline.train_dataset(
-      source, mixture.train_components(objective), seed=0, local_batch_size=16,
-      process_index=0, process_count=1, num_threads=2))
+def _train_iter(source, objective, batch_size=16):
+  return iter(mixture.train_dataset(
+      objective, source, seed=0, global_batch_size=batch_size, process_index=0,
+      process_count=1, num_threads=2))
 
 
-def test_multitask_config_builds_parts_with_one_row_length(vq_workdir):
+def test_weights_give_whole_rows_of_every_batch():
+  assert mixture.rows_per_part(dict(caption=2, vqa=2, text_to_image=1.5), 16) == dict(
+      caption=6, vqa=6, text_to_image=4)
+  assert mixture.rows_per_part(dict(a=1, b=1, c=1), 16) == dict(a=6, b=5, c=5)
+  assert mixture.rows_per_part(dict(a=1, b=3, c=4), 16) == dict(a=2, b=6, c=8)
+  with pytest.raises(ValueError, match=r"mixture.b.weight=0.05 gives it none of the 8 rows"):
+    mixture.rows_per_part(dict(a=1, b=0.05), 8)  # 7.6 and 0.4 rows.
+
+
+def test_multitask_config_builds_parts_with_their_own_row_lengths(vq_workdir):
   objective = _objective(vq_workdir)
   assert objective.weights == dict(caption=1.0, vqa=1.0, text_to_image=1.0)
   assert {name: part.max_text_len for name, part in objective.parts.items()} == dict(
-      caption=91, vqa=91, text_to_image=91)
-  short_vqa = train.make_objective(shapes_vqa.get_config("tiny"))
-  with pytest.raises(ValueError, match="share max_text_len"):
-    mixture.MixtureObjective(dict(caption=objective.parts["caption"], vqa=short_vqa),
-                             dict(caption=1.0, vqa=1.0))
+      caption=26, vqa=91, text_to_image=91)
+  spec = objective.batch_spec(16)
+  assert {name: spec[name]["text"].shape for name in spec} == dict(
+      caption=(6, 26), text_to_image=(5, 91), vqa=(5, 91))
 
 
-def test_rows_come_in_the_configured_proportions(tiny_sources, vq_workdir):
+def test_every_batch_holds_each_parts_rows(tiny_sources, vq_workdir):
   it = _train_iter(tiny_sources["train"],
                    _objective(vq_workdir, caption_weight=1.0, vqa_weight=3.0, t2i_weight=4.0))
-  batches = [next(it) for _ in range(125)]  # 2,000 rows.
-  tasks = np.concatenate([b["text"][:, 1] for b in batches])
-  code_start = np.concatenate([b["code_start"] for b in batches])
-  assert set(tasks) == {TASK_IDS["caption"], TASK_IDS["vqa"], TASK_IDS["text_to_image"]}
-  n = len(tasks)
-  for task, p in (("caption", 1 / 8), ("vqa", 3 / 8), ("text_to_image", 4 / 8)):
-    assert abs((tasks == TASK_IDS[task]).sum() - n * p) < 4 * np.sqrt(n * p * (1 - p)), task
-  # Only text-to-image rows have codes to fill in.
-  np.testing.assert_array_equal(code_start >= 0, tasks == TASK_IDS["text_to_image"])
+  want = dict(caption=(2, 26), vqa=(6, 91), text_to_image=(8, 91))
+  for _ in range(3):
+    batch = next(it)
+    assert {name: rows["text"].shape for name, rows in batch.items()} == want
+    for name, rows in batch.items():
+      assert (rows["text"][:, 1] == TASK_IDS[name]).all(), name
+      assert rows["image"].shape == (want[name][0], 64, 64, 3)
+    assert (batch["text_to_image"]["code_start"] > 0).all()  # Where its codes go.
 
 
 def test_mixture_iterator_resumes_to_the_identical_next_batch(tiny_sources, vq_workdir):
@@ -68,6 +75,43 @@ def test_mixture_iterator_resumes_to_the_identical_next_batch(tiny_sources, vq_w
   resumed.set_state(state)
   for w in want:
     jax.tree.map(np.testing.assert_array_equal, next(resumed), w)
+
+
+def test_loss_is_the_mean_over_every_target_token_of_unpadded_rows(tiny_sources, vq_workdir):
+  """The mixture's loss against each row run alone, cut to its valid tokens (caption and VQA
+  rows) and weighted by its target tokens: sub-batches, padding and the parts' row lengths
+  change nothing."""
+  objective = _objective(vq_workdir)
+  c = _config(vq_workdir)
+  model = objective.build_model(c.model)
+  variables = nn.unbox(jax.jit(objective.init_variables, static_argnums=0)(
+      model, jax.random.PRNGKey(0)))
+  params, model_state = variables.pop("params"), variables
+  batch = next(_train_iter(tiny_sources["train"], objective))
+  loss, aux, _ = jax.jit(lambda b: objective.loss(model, params, model_state, b,
+                                                  jax.random.PRNGKey(0), True))(batch)
+  nll_sum = tokens = 0.0
+  for name, rows in batch.items():
+    part = objective.parts[name]
+    for i in range(len(rows["text"])):
+      n = int(rows["input_mask"][i].sum()) if name != "text_to_image" else rows["text"].shape[1]
+      row = {k: v[i:i + 1, :n] if v.ndim == 2 else v[i:i + 1] for k, v in rows.items()}
+      row_loss, row_aux, _ = part.loss(model, params, model_state, row,
+                                       jax.random.PRNGKey(0), True)
+      nll_sum += float(row_loss) * float(row_aux["target_tokens"])
+      tokens += float(row_aux["target_tokens"])
+  assert float(aux["target_tokens"]) == tokens
+  np.testing.assert_allclose(float(loss), nll_sum / tokens, rtol=2e-5)
+  assert {"caption/loss", "vqa/loss", "text_to_image/loss"} <= set(aux)
+
+
+def test_part_rows_that_do_not_divide_the_mesh_fail_before_compiling(tiny_sources, vq_workdir,
+                                                                    tiny_data_dir, tmp_path):
+  c = _config(vq_workdir)  # 1:1:1 of 16 rows: 6, 5 and 5, over 8 data devices.
+  c.data.data_dir = tiny_data_dir
+  with pytest.raises(ValueError, match=r"config.objective.mixture.caption's rows per batch .*"
+                     r"=6 is not divisible by the mesh's data\*fsdp = 8"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
 
 
 def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
@@ -107,6 +151,8 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
     (dict(mixture=dict(ocr=dict(weight=1.0))), "config.objective.mixture.ocr: not an objective"),
     (dict(mixture=dict(vqa=dict(weight=0.0, max_new_tokens=9))),
      r"config.objective.mixture.vqa.weight=0.0 must be positive"),
+    (dict(mixture=dict(caption=dict(weight=1.0, prompt="", max_text_len=0))),
+     r"config.objective.mixture.caption.max_text_len=0 must be positive"),
 ])
 def test_bad_objectives_fail_the_config_checks(tmp_path, change, message):
   c = shapes_multitask.get_config("tiny")

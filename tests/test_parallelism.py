@@ -7,7 +7,6 @@ import pytest
 
 from configs import shapes_multitask
 from gpt4v_jax import sharding, train
-from gpt4v_jax.data import pipeline
 from gpt4v_jax.objectives import mixture
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -16,6 +15,10 @@ from gpt4v_jax.optimizer import make_optimizer
 def config(vq_workdir):
   c = shapes_multitask.get_config("tiny")
   c.objective.mixture.text_to_image.image_tokenizer = vq_workdir
+  # 8 rows of each task per batch: every part's sub-batch splits over 8 data devices.
+  c.data.global_batch_size = 24
+  for task in ("caption", "vqa", "text_to_image"):
+    c.objective.mixture[task].weight = 1.0
   # 8 decoder heads (no GQA), MLP 128 and vocab 256 split 8 ways; the ViT's 2 heads do not,
   # and stay replicated (sharding.logical_to_shardings).
   c.model.update(num_heads=8, num_kv_heads=8)
@@ -29,13 +32,13 @@ def objective(config):
 
 @pytest.fixture(scope="module")
 def batch(config, objective, tiny_sources):
-  """One batch of 16 rows of all three tasks."""
-  it = iter(pipeline.train_dataset(
-      tiny_sources["train"], mixture.train_components(objective), seed=0,
-      local_batch_size=config.data.global_batch_size, process_index=0, process_count=1,
-      num_threads=1))
+  """One batch of 8 rows of each of the three tasks."""
+  it = iter(mixture.train_dataset(
+      objective, tiny_sources["train"], seed=0, global_batch_size=config.data.global_batch_size,
+      process_index=0, process_count=1, num_threads=1))
   b = next(it)
-  assert b["code_start"].min() == -1 and b["code_start"].max() > 0  # Text and image rows.
+  assert {name: len(rows["text"]) for name, rows in b.items()} == dict(
+      caption=8, vqa=8, text_to_image=8)
   return b
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from configs import shapes_t2i
 from gpt4v_jax import train
-from gpt4v_jax.data import shapes
 from gpt4v_jax.data.tokenizer import BOI_ID, BOS_ID, EOI_ID, TASK_IDS
 from gpt4v_jax.objectives import prefix_lm
 
@@ -125,30 +124,6 @@ def test_t2i_config_trains_and_scores_generations_through_main(tiny_t2i_run):
   assert grid.exists()
   from PIL import Image
   assert Image.open(grid).size == (8 * 128, 5 * 128)  # 8 prompts x 5 guidance scales.
-
-
-def test_text_rows_beside_image_rows_keep_their_text_and_image(config, objective):
-  """In a mixture the text-to-image loss serves every row: a caption row (code_start -1)
-  must get exactly the caption loss, with its image visible and nothing spliced in."""
-  from configs import shapes_caption
-  caption_objective = train.make_objective(shapes_caption.get_config("tiny"))
-  caption_objective.max_text_len = objective.max_text_len
-  model = objective.build_model(config.model)
-  rows = [caption_objective.train_example(_example(seed), np.random.default_rng(0))
-          for seed in range(4)]
-  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-  variables = nn.unbox(jax.jit(objective.init_variables, static_argnums=0)(
-      model, jax.random.PRNGKey(0)))
-  params, model_state = variables.pop("params"), variables
-  want, _, _ = caption_objective.loss(model, params, {}, batch, jax.random.PRNGKey(0), True)
-  objective.runs_images = True  # As a mixture's part is built.
-  try:
-    got, _, _ = objective.loss(model, params, model_state,
-                               dict(batch, code_start=jnp.full(4, -1, jnp.int32)),
-                               jax.random.PRNGKey(0), True)
-  finally:
-    objective.runs_images = False
-  np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_codebook_embedding_init_maps_codebook_distances(config):

@@ -14,7 +14,7 @@ from absl import app, flags
 from configs import shapes_vqa
 from experiments.benchmarks import common, train_step
 from gpt4v_jax import perf, train
-from gpt4v_jax.data import pipeline, shapes
+from gpt4v_jax.data import shapes
 from gpt4v_jax.objectives import mixture
 
 _OBJECTIVES = flags.DEFINE_list("objectives", ["caption", "vqa"], "caption | vqa")
@@ -33,9 +33,9 @@ def main(argv):
     builder = shapes.load_builder(_DATA_DIR.value, _BUILDER_CONFIG.value)
     source = shapes.encoded_sources(builder)["train"]
     batch = config.data.global_batch_size
-    it = iter(pipeline.train_dataset(
-        source, mixture.train_components(objective), seed=0, local_batch_size=batch,
-        process_index=0, process_count=1, num_threads=config.data.num_threads))
+    it = iter(mixture.train_dataset(
+        objective, source, seed=0, global_batch_size=batch, process_index=0, process_count=1,
+        num_threads=config.data.num_threads))
     next(it)  # Threads started, first batch made.
     t0 = time.perf_counter()
     for _ in range(_BATCHES.value):

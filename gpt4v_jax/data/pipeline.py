@@ -1,10 +1,11 @@
 """grain input pipelines over TFDS array_record data sources (no TensorFlow).
 
-Training: source -> this process's shard -> per objective: seeded shuffle, reshuffled each
-epoch -> repeat -> preprocessing with a per-index RNG; the objectives' streams interleaved by
-weight -> (threaded) -> drop bad examples -> batch. Every step is index-based and seeded, so
-the iterator state (a few integers) is checkpointed with the model and a resumed run sees
-exactly the batches an uninterrupted run would have seen.
+Training: source -> seeded shuffle, reshuffled each epoch -> repeat -> preprocessing with a
+per-index RNG -> this process's rows -> (threaded) -> drop bad examples -> batch. Every step is
+index-based and seeded, so the iterator state (a few integers) is checkpointed with the model
+and a resumed run sees exactly the batches an uninterrupted run would have seen. A mixture of
+objectives zips one such stream per objective (`zip_datasets`): each batch holds a fixed
+number of every objective's rows, each objective's at its own row length.
 
 Bad examples (an image that does not decode or has the wrong size, an empty caption, ...) are
 found by the objective's example function, which raises BadExample. With
@@ -13,7 +14,7 @@ next examples (same batch size, same order on every run); each kept row carries 
 number of bad examples dropped just before it, so the train step can count them exactly.
 """
 import io
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import grain
 import numpy as np
@@ -147,32 +148,54 @@ class _DropBad(grain.IterDataset):
     return _DropBadIterator(self._parent.__iter__())
 
 
-def train_dataset(source: Any,
-                  components: Sequence[tuple[Callable[[dict, np.random.Generator], dict], float]],
-                  *, seed: int, local_batch_size: int, process_index: int, process_count: int,
+def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator], dict], *,
+                  seed: int, local_batch_size: int, process_index: int, process_count: int,
                   num_threads: int, on_bad_example: str = "skip") -> grain.IterDataset:
-  """Infinite iterator dataset of local batches: dict of [local_batch, ...] numpy arrays.
-
-  `components` holds an (example_fn, weight) pair per objective: one for a single objective,
-  one per part for a mixture. Each walks its own shuffled pass over the source (component k
-  shuffles with seed + k, so the parts of a mixture see the images in different orders) and
-  `MapDataset.mix` interleaves them in a fixed pattern of the weights' proportions, so the
-  iterator state is still one index. Each batch holds example_fn's fields (the same for every
-  component) plus `skipped` int32 [local_batch] (see above).
-  """
+  """Infinite iterator dataset of local batches: dict of [local_batch, ...] numpy arrays,
+  example_fn's fields plus `skipped` int32 [local_batch] (see above)."""
   if on_bad_example not in ON_BAD_EXAMPLE:
     raise ValueError(f"on_bad_example={on_bad_example!r}: expected one of {ON_BAD_EXAMPLE}.")
-  source = grain.MapDataset.source(source)
-  streams = [source.seed(seed + k).shuffle().repeat()  # Deterministic; new order every epoch.
-             .random_map(_checked(example_fn, on_bad_example))
-             for k, (example_fn, _) in enumerate(components)]
-  ds = grain.MapDataset.mix(streams, [weight for _, weight in components])
+  ds = (grain.MapDataset.source(source).seed(seed).shuffle()  # New order every epoch.
+        .repeat().random_map(_checked(example_fn, on_bad_example)))
   if process_count > 1:  # Every process walks the same global order and reads its rows.
     ds = _ProcessRows(ds, local_batch_size, process_count, process_index)
   # Threads keep about two batches of examples ready; dropping and batching are cheap.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=2 * local_batch_size))
   return _DropBad(ds).batch(local_batch_size, drop_remainder=True)
+
+
+class _ZipIterator(grain.DatasetIterator):
+  """{name: next batch of each parent}; the state is {name: each parent's state}."""
+
+  def __init__(self, parents: dict[str, grain.DatasetIterator]):
+    super().__init__(list(parents.values()))
+    self._named = parents
+
+  def __next__(self) -> dict:
+    return {name: next(it) for name, it in self._named.items()}
+
+  def get_state(self) -> dict:
+    return {name: it.get_state() for name, it in self._named.items()}
+
+  def set_state(self, state: dict) -> None:
+    for name, it in self._named.items():
+      it.set_state(state[name])
+
+
+class _Zip(grain.IterDataset):
+
+  def __init__(self, parents: dict[str, grain.IterDataset]):
+    super().__init__(list(parents.values()))
+    self._named = parents
+
+  def __iter__(self) -> _ZipIterator:
+    return _ZipIterator({name: ds.__iter__() for name, ds in self._named.items()})
+
+
+def zip_datasets(datasets: dict[str, grain.IterDataset]) -> grain.IterDataset:
+  """Batches of several streams side by side: each element is {name: that stream's batch}."""
+  return _Zip(datasets)
 
 
 def eval_batches(source: Any, items_fn: Callable[[dict], list[tuple[dict, Any]]], *,

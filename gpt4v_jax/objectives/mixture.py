@@ -1,70 +1,110 @@
 """Several objectives trained together as one model, in one loop.
 
-Every part makes rows of the same layout and length (`max_text_len`; the task token after BOS
-tells the model which task a row is), so one batch can hold rows of every part. A
-text-to-image part adds `code_start` to its rows (other parts' rows get -1: no codes) and
-brings the frozen image tokenizer; its loss then serves every row. Rows are interleaved thus:
-`pipeline.train_dataset` walks one shuffled example stream per part and interleaves them in
-proportion to the weights. Evaluation runs each part's own evaluation on the split, its
-metrics prefixed with the part's name ("caption/object_f1", "vqa/accuracy").
+Every batch holds a fixed number of each part's rows (`part_rows`: the weights' shares of the
+batch, rounded to whole rows), as one sub-batch per part, {name: that part's rows}, each at the
+part's own row length: a caption row is 26 slots long, a text-to-image row 91, so no row is
+padded to another task's length (the task token after BOS still tells the model which task a
+row is). The loss runs the one model on each sub-batch (text-to-image's without images, the
+others' with them) and averages the next-token loss over all target tokens of the batch, as
+one padded batch of every row would. `train_dataset` zips one shuffled example stream per
+part. Evaluation runs each part's own evaluation on the split, its metrics prefixed with the
+part's name ("caption/object_f1", "vqa/accuracy").
 """
-from typing import Any, Callable
+from typing import Any
 
+import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from gpt4v_jax.data import pipeline
 from gpt4v_jax.objectives.prefix_lm import PrefixLMObjective
 from gpt4v_jax.objectives.text_to_image import TextToImageObjective
 
 
+def rows_per_part(weights: dict[str, float], batch_size: int) -> dict[str, int]:
+  """The weights' shares of `batch_size` rows, rounded to whole rows by largest remainder
+  (ties to the earlier part), e.g. weights 2:2:1.5 of 16 rows -> 6, 6, 4. Raises ValueError
+  naming a part that would get no row."""
+  total = sum(weights.values())
+  exact = {name: batch_size * w / total for name, w in weights.items()}
+  rows = {name: int(np.floor(x)) for name, x in exact.items()}
+  by_remainder = sorted(weights, key=lambda n: -(exact[n] - rows[n]))  # Stable: ties in order.
+  for name in by_remainder[:batch_size - sum(rows.values())]:
+    rows[name] += 1
+  for name, n in rows.items():
+    if n == 0:
+      raise ValueError(f"config.objective.mixture.{name}.weight={weights[name]} gives it none "
+                       f"of the {batch_size} rows of a batch (config.data.global_batch_size); "
+                       "raise its weight or the batch size.")
+  return rows
+
+
 class MixtureObjective(PrefixLMObjective):
-  """Named prefix-LM objectives and their mixing weights. Model, batch layout and loss are
-  the parts' common ones; the evaluator evaluates each part on its own."""
+  """Named prefix-LM objectives and the rows each gets per batch. Model and variables are the
+  widest part's (text-to-image's, whose vocabulary and code positions serve every part); the
+  evaluator evaluates each part on its own."""
   name = "mixture"
 
-  def __init__(self, parts: dict[str, Any], weights: dict[str, float]):
-    lengths = {part.max_text_len for part in parts.values()}
-    if len(lengths) != 1:
-      raise ValueError("Mixed objectives must share max_text_len, got "
-                       f"{ {name: part.max_text_len for name, part in parts.items()} }.")
-    (self.max_text_len,) = lengths
+  def __init__(self, parts: dict[str, Any], weights: dict[str, float], batch_size: int):
     self.tokenizer = next(iter(parts.values())).tokenizer
     self.parts = parts
     self.weights = weights
+    self.part_rows = rows_per_part(weights, batch_size)
+    self.log_keys = ("token_accuracy",) + tuple(f"{name}/loss" for name in parts)
     t2i = [part for part in parts.values() if isinstance(part, TextToImageObjective)]
-    # The part whose rows, variables and loss are a superset of the others'.
     self._widest = t2i[0] if t2i else next(iter(parts.values()))
 
   def build_model(self, model_config):
     return self._widest.build_model(model_config)
 
-  def batch_spec(self, batch_size: int):
-    return self._widest.batch_spec(batch_size)
-
   def init_variables(self, model, rng):
     return self._widest.init_variables(model, rng)
 
+  def batch_spec(self, batch_size: int) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
+    """{part name: that part's batch_spec for its rows of `batch_size`}."""
+    rows = rows_per_part(self.weights, batch_size)
+    return {name: part.batch_spec(rows[name]) for name, part in self.parts.items()}
+
   def train_flops_per_example(self, model, frozen=()):
-    return self._widest.train_flops_per_example(model, frozen)
+    """The parts' per-row FLOPs, averaged over the rows of a batch."""
+    total = sum(self.part_rows[name] * part.train_flops_per_example(model, frozen)
+                for name, part in self.parts.items())
+    return total / sum(self.part_rows.values())
 
   def loss(self, model, params, model_state, batch, rng, deterministic):
-    return self._widest.loss(model, params, model_state, batch, rng, deterministic)
+    """Each part's loss on its sub-batch (`batch[name]`), weighted by its target tokens: the
+    mean next-token loss over every target token of the batch. Metrics: token_accuracy and
+    target_tokens over the batch, each part's own loss as `{name}/loss`."""
+    loss_sum = correct = tokens = 0.0
+    per_part = {}
+    for k, (name, part) in enumerate(self.parts.items()):
+      loss, aux, model_state = part.loss(model, params, model_state, batch[name],
+                                         jax.random.fold_in(rng, k), deterministic)
+      n = aux["target_tokens"]
+      loss_sum, correct, tokens = (loss_sum + loss * n, correct + aux["token_accuracy"] * n,
+                                   tokens + n)
+      per_part[f"{name}/loss"] = loss
+    n = jnp.maximum(tokens, 1.0)
+    return loss_sum / n, dict(token_accuracy=correct / n, target_tokens=tokens,
+                              **per_part), model_state
 
 
-def train_components(objective: Any) -> list[tuple[Callable, float]]:
-  """(train_example, weight) per objective, as `pipeline.train_dataset` takes them: a
-  mixture's parts, or a single objective on its own."""
-  if isinstance(objective, MixtureObjective):
-    with_codes = any(isinstance(p, TextToImageObjective) for p in objective.parts.values())
-    return [(_with_code_start(part.train_example) if with_codes
-             and not isinstance(part, TextToImageObjective) else part.train_example,
-             objective.weights[name]) for name, part in objective.parts.items()]
-  return [(objective.train_example, 1.0)]
+def train_dataset(objective: Any, source: Any, *, seed: int, global_batch_size: int,
+                  process_index: int, process_count: int, num_threads: int,
+                  on_bad_example: str = "skip") -> grain.IterDataset:
+  """`pipeline.train_dataset` of an objective's training rows: of a single objective, its
+  local batches; of a mixture, {part name: its local rows} zipped, part k walking its own
+  shuffled pass over the source (seed + k: the parts see the images in different orders)."""
+  def stream(example_fn, k, rows):
+    return pipeline.train_dataset(
+        source, example_fn, seed=seed + k, local_batch_size=rows // process_count,
+        process_index=process_index, process_count=process_count, num_threads=num_threads,
+        on_bad_example=on_bad_example)
 
-
-def _with_code_start(train_example: Callable) -> Callable:
-  """A text task's rows beside text-to-image rows: code_start -1 (no codes, image shown)."""
-
-  def fn(example, rng):
-    return dict(train_example(example, rng), code_start=np.int32(-1))
-
-  return fn
+  if not isinstance(objective, MixtureObjective):
+    return stream(objective.train_example, 0, global_batch_size)
+  rows = rows_per_part(objective.weights, global_batch_size)
+  return pipeline.zip_datasets({
+      name: stream(part.train_example, k, rows[name])
+      for k, (name, part) in enumerate(objective.parts.items())})

@@ -4,11 +4,11 @@
   prefix: full attention             causal; the loss is on the codes and EOI
 
 The image is the answer, so the model does not see it: it runs without images (`GPT4V(None,
-...)`), or in a mixture, where other rows show theirs, with its image-token slots hidden
-(`GPT4V(image_mask=...)`). The codes come from a frozen VQ-VAE (`configs/shapes_vqvae.py`,
-trained first) run inside the jitted train step, so the data pipeline stays numpy; its
-variables are part of the train state (`model_state["image_tokenizer"]`), so a text-to-image
-checkpoint holds everything needed to draw. Code k is token `tokenizer.vocab_size + k`.
+...)`), in a mixture too, where text-to-image rows are a sub-batch of their own. The codes
+come from a frozen VQ-VAE (`configs/shapes_vqvae.py`, trained first) run inside the jitted
+train step, so the data pipeline stays numpy; its variables are part of the train state
+(`model_state["image_tokenizer"]`), so a text-to-image checkpoint holds everything needed to
+draw. Code k is token `tokenizer.vocab_size + k`.
 
 Caption dropout (the caption is left out of a row with probability `caption_dropout`) teaches
 the same model unconditional generation, which classifier-free guidance needs. Evaluation
@@ -35,13 +35,13 @@ from gpt4v_jax.objectives.image_tokenizer import to_uint8
 class TextToImageObjective(prefix_lm.PrefixLMObjective):
   """How a shapes example becomes a caption -> code-tokens row, a drawing prompt, a score."""
   name = "text_to_image"
+  runs_images = False
 
   def __init__(self, tokenizer: Tokenizer, *, vq_model, vq_variables: dict,
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
                top_p: float, seed: int, code_order: str, code_positions: bool,
-               code_embedding_init: str, max_text_len: int | None = None,
-               with_other_tasks: bool = False):
+               code_embedding_init: str, max_text_len: int | None = None):
     """code_order: "rows" writes the code grid row by row (raster order), "columns" column
     by column, left to right: the order in which captions list the objects.
     code_positions: the model adds a learned embedding of each code's grid cell to its
@@ -49,10 +49,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     code_embedding_init: "random" (like every token's) or "codebook": code k's embedding
     starts as the VQ-VAE's codebook vector k, centred, scaled and mapped to the decoder's
     width by a fixed random projection, so that codes that draw alike start alike.
-    max_text_len: the row length; by default the longest row's (a mixture passes its
-    own, which must be at least that).
-    with_other_tasks: batches also hold other tasks' rows, with their images (a mixture);
-    otherwise no row shows its image, so the loss runs the model without images."""
+    max_text_len: the row length; by default the longest row's (at least that if given)."""
     if code_order not in ("rows", "columns"):
       raise ValueError(f"code_order={code_order!r}: expected 'rows' or 'columns'.")
     if code_embedding_init not in ("random", "codebook"):
@@ -61,7 +58,6 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     self.code_order = code_order
     self.code_embedding_init = code_embedding_init
     self.code_positions = code_positions
-    self.runs_images = with_other_tasks
     self.tokenizer = tokenizer
     self.vq_model, self.vq_variables = vq_model, vq_variables
     self.grid_side = shapes.IMAGE_SIZE // vq_model.downsample
@@ -138,22 +134,18 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
 
   def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
            deterministic: bool) -> tuple[jax.Array, dict, dict]:
-    """Encodes the images to codes, writes them into the rows, next-token loss with the
-    images hidden. In a mixture, rows of other tasks (code_start -1) keep their text and
-    their image."""
+    """Encodes the images to codes, writes them into the rows, next-token loss of the model
+    run without images."""
     codes = self.vq_model.apply(model_state["image_tokenizer"], batch["image"],
                                 method="encode")
     tokens = self._flatten(codes) + self.code_offset
-    has_codes = batch["code_start"] >= 0
-    start = jnp.maximum(batch["code_start"], 1)
+    start = batch["code_start"]
     splice = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
-    text = jnp.where(has_codes[:, None], splice(batch["text"], tokens, start), batch["text"])
-    targets = jnp.where(has_codes[:, None], splice(batch["targets"], tokens, start - 1),
-                        batch["targets"])
-    images = batch["image"] if self.runs_images else None
-    logits = model.apply({"params": params}, images, text, batch["ar_mask"],
+    text = splice(batch["text"], tokens, start)
+    targets = splice(batch["targets"], tokens, start - 1)
+    logits = model.apply({"params": params}, None, text, batch["ar_mask"],
                          batch["input_mask"], deterministic=deterministic,
-                         image_mask=~has_codes, rngs={"dropout": rng})
+                         rngs={"dropout": rng})
     loss, aux = prefix_lm.next_token_loss(logits, targets, batch["loss_mask"])
     return loss, aux, model_state
 
