@@ -158,7 +158,7 @@ def _fake_source() -> list[dict]:
 def _fake_iter(on_bad_example="skip"):
   obj = train.make_objective(shapes_caption.get_config("tiny"))
   return iter(pipeline.train_dataset(
-      _fake_source(), [(obj.train_example, 1.0)], seed=0, local_batch_size=4,
+      _fake_source(), obj.train_example, seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=2, on_bad_example=on_bad_example))
 
 
@@ -211,7 +211,7 @@ def test_bad_example_is_a_clear_error_when_configured():
 def test_only_bad_examples_is_an_error_not_a_hang():
   obj = train.make_objective(shapes_caption.get_config("tiny"))
   it = iter(pipeline.train_dataset(
-      [_example(0, caption=b"")], [(obj.train_example, 1.0)], seed=0, local_batch_size=4,
+      [_example(0, caption=b"")], obj.train_example, seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=0))
   with pytest.raises(pipeline.BadExample, match="bad training examples in a row"):
     next(it)

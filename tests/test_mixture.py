@@ -11,7 +11,7 @@ from configs import shapes_multitask
 from gpt4v_jax import config_checks, decode, sharding, train
 from gpt4v_jax.data.tokenizer import TASK_IDS, get_tokenizer
 from gpt4v_jax.evals import evaluator
-from gpt4v_jax.objectives import mixture
+from gpt4v_jax.objectives import mixture, prefix_lm
 
 
 def _config(vq_workdir, caption_weight=1.0, vqa_weight=1.0, t2i_weight=1.0):
@@ -77,31 +77,45 @@ def test_mixture_iterator_resumes_to_the_identical_next_batch(tiny_sources, vq_w
     jax.tree.map(np.testing.assert_array_equal, next(resumed), w)
 
 
-def test_loss_is_the_mean_over_every_target_token_of_unpadded_rows(tiny_sources, vq_workdir):
-  """The mixture's loss against each row run alone, cut to its valid tokens (caption and VQA
-  rows) and weighted by its target tokens: sub-batches, padding and the parts' row lengths
-  change nothing."""
+def test_loss_equals_one_padded_batch_of_the_text_rows_and_the_image_rows(tiny_sources,
+                                                                        vq_workdir):
+  """The mixture's loss against the layout it replaced for the text tasks: caption rows
+  padded to the VQA rows' 91 slots and stacked with them into one batch, its mean next-token
+  loss combined with text-to-image's by target tokens. Sub-batches, their row lengths and the
+  weighting change nothing."""
   objective = _objective(vq_workdir)
-  c = _config(vq_workdir)
-  model = objective.build_model(c.model)
+  model = objective.build_model(_config(vq_workdir).model)
   variables = nn.unbox(jax.jit(objective.init_variables, static_argnums=0)(
       model, jax.random.PRNGKey(0)))
   params, model_state = variables.pop("params"), variables
   batch = next(_train_iter(tiny_sources["train"], objective))
-  loss, aux, _ = jax.jit(lambda b: objective.loss(model, params, model_state, b,
-                                                  jax.random.PRNGKey(0), True))(batch)
-  nll_sum = tokens = 0.0
-  for name, rows in batch.items():
-    part = objective.parts[name]
-    for i in range(len(rows["text"])):
-      n = int(rows["input_mask"][i].sum()) if name != "text_to_image" else rows["text"].shape[1]
-      row = {k: v[i:i + 1, :n] if v.ndim == 2 else v[i:i + 1] for k, v in rows.items()}
-      row_loss, row_aux, _ = part.loss(model, params, model_state, row,
-                                       jax.random.PRNGKey(0), True)
-      nll_sum += float(row_loss) * float(row_aux["target_tokens"])
-      tokens += float(row_aux["target_tokens"])
-  assert float(aux["target_tokens"]) == tokens
-  np.testing.assert_allclose(float(loss), nll_sum / tokens, rtol=2e-5)
+  caption, vqa = batch["caption"], batch["vqa"]
+  pad = vqa["text"].shape[1] - caption["text"].shape[1]
+  assert pad > 0
+  padded = {k: np.pad(v, [(0, 0), (0, pad)]) if v.ndim == 2 else v
+            for k, v in caption.items()}  # Text fields: pad_id, masks and targets are 0.
+  text_rows = {k: np.concatenate([padded[k], vqa[k]]) for k in ("image", "text", "ar_mask",
+                                                                "input_mask", "targets",
+                                                                "loss_mask")}
+
+  @jax.jit
+  def losses(batch, text_rows):
+    loss, aux, _ = objective.loss(model, params, model_state, batch, jax.random.PRNGKey(0),
+                                  True)
+    t2i = objective.parts["text_to_image"]
+    t2i_loss, t2i_aux, _ = t2i.loss(model, params, model_state, batch["text_to_image"],
+                                    jax.random.PRNGKey(0), True)
+    logits = model.apply({"params": params}, text_rows["image"], text_rows["text"],
+                         text_rows["ar_mask"], text_rows["input_mask"])
+    text_loss, text_aux = prefix_lm.next_token_loss(logits, text_rows["targets"],
+                                                   text_rows["loss_mask"])
+    n_text, n_t2i = text_aux["target_tokens"], t2i_aux["target_tokens"]
+    want = (text_loss * n_text + t2i_loss * n_t2i) / (n_text + n_t2i)
+    return loss, aux, want, n_text + n_t2i
+
+  loss, aux, want, tokens = losses(batch, text_rows)
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+  assert float(aux["target_tokens"]) == float(tokens)
   assert {"caption/loss", "vqa/loss", "text_to_image/loss"} <= set(aux)
 
 

@@ -107,7 +107,7 @@ def test_mesh_errors_name_the_setting():
 
 def _train_iter(sources, obj, seed=0):
   return iter(pipeline.train_dataset(
-      sources["train"], [(obj.train_example, 1.0)], seed=seed, local_batch_size=8,
+      sources["train"], obj.train_example, seed=seed, local_batch_size=8,
       process_index=0, process_count=1, num_threads=2))
 
 
@@ -120,10 +120,10 @@ def test_pipeline_is_deterministic_and_reshuffles_epochs(tiny_sources):
   assert batches_a[0]["image"].shape == (8, 64, 64, 3)
   assert batches_a[0]["text"].shape == (8, obj.max_text_len)
   # Two hosts read disjoint shards.
-  h0 = pipeline.train_dataset(tiny_sources["train"], [(obj.train_example, 1.0)], seed=0,
+  h0 = pipeline.train_dataset(tiny_sources["train"], obj.train_example, seed=0,
                               local_batch_size=8, process_index=0, process_count=2,
                               num_threads=0)
-  h1 = pipeline.train_dataset(tiny_sources["train"], [(obj.train_example, 1.0)], seed=0,
+  h1 = pipeline.train_dataset(tiny_sources["train"], obj.train_example, seed=0,
                               local_batch_size=8, process_index=1, process_count=2,
                               num_threads=0)
   i0, i1 = next(iter(h0)), next(iter(h1))
