@@ -165,37 +165,12 @@ def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator],
   return _DropBad(ds).batch(local_batch_size, drop_remainder=True)
 
 
-class _ZipIterator(grain.DatasetIterator):
-  """{name: next batch of each parent}; the state is {name: each parent's state}."""
-
-  def __init__(self, parents: dict[str, grain.DatasetIterator]):
-    super().__init__(list(parents.values()))
-    self._named = parents
-
-  def __next__(self) -> dict:
-    return {name: next(it) for name, it in self._named.items()}
-
-  def get_state(self) -> dict:
-    return {name: it.get_state() for name, it in self._named.items()}
-
-  def set_state(self, state: dict) -> None:
-    for name, it in self._named.items():
-      it.set_state(state[name])
-
-
-class _Zip(grain.IterDataset):
-
-  def __init__(self, parents: dict[str, grain.IterDataset]):
-    super().__init__(list(parents.values()))
-    self._named = parents
-
-  def __iter__(self) -> _ZipIterator:
-    return _ZipIterator({name: ds.__iter__() for name, ds in self._named.items()})
-
-
 def zip_datasets(datasets: dict[str, grain.IterDataset]) -> grain.IterDataset:
-  """Batches of several streams side by side: each element is {name: that stream's batch}."""
-  return _Zip(datasets)
+  """Batches of several streams side by side: each element is {name: that stream's batch}
+  (grain's zip; its state is the streams' states)."""
+  names = list(datasets)
+  return grain.experimental.ZipIterDataset(list(datasets.values())).map(
+      lambda batches: dict(zip(names, batches)))
 
 
 def eval_batches(source: Any, items_fn: Callable[[dict], list[tuple[dict, Any]]], *,
