@@ -94,8 +94,9 @@ def train_dataset(objective: Any, source: Any, *, seed: int, global_batch_size: 
                   process_index: int, process_count: int, num_threads: int,
                   on_bad_example: str = "skip") -> grain.IterDataset:
   """`pipeline.train_dataset` of an objective's training rows: of a single objective, its
-  local batches; of a mixture, {part name: its local rows} zipped, part k walking its own
-  shuffled pass over the source (seed + k: the parts see the images in different orders)."""
+  local batches; of a mixture, {part name: its local rows} zipped, `part_rows` of each (the
+  rows the train loop checked against the mesh), part k walking its own shuffled pass over
+  the source (seed + k: the parts see the images in different orders)."""
   def stream(example_fn, k, rows):
     return pipeline.train_dataset(
         source, example_fn, seed=seed + k, local_batch_size=rows // process_count,
@@ -104,7 +105,9 @@ def train_dataset(objective: Any, source: Any, *, seed: int, global_batch_size: 
 
   if not isinstance(objective, MixtureObjective):
     return stream(objective.train_example, 0, global_batch_size)
-  rows = rows_per_part(objective.weights, global_batch_size)
+  if sum(objective.part_rows.values()) != global_batch_size:
+    raise ValueError(f"The mixture was built for batches of {sum(objective.part_rows.values())} "
+                     f"rows ({objective.part_rows}), not {global_batch_size}.")
   return pipeline.zip_datasets({
-      name: stream(part.train_example, k, rows[name])
+      name: stream(part.train_example, k, objective.part_rows[name])
       for k, (name, part) in enumerate(objective.parts.items())})
