@@ -17,8 +17,15 @@ CORE = [
     "pillow==13.0.0",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",  # experiments/sweep.py's plots.
+    # Text tokenizers: config.tokenizer="sentencepiece:..." (trained with
+    # gpt4v_jax.data.train_tokenizer) and "hf:.../tokenizer.json".
+    "sentencepiece==0.2.3",
+    "tokenizers==0.23.3",
+    "rouge-score==0.1.2",  # Summaries' ROUGE-1/2/L (objectives/prompt.py).
+    # Captions' official PTB tokenization (needs Java; the built-in tokenizer otherwise).
+    "pycocoevalcap==1.2",
 ]
-TEST = ["pytest==9.2.0", "pycocoevalcap==1.2", "sentencepiece==0.2.3",
+TEST = ["pytest==9.2.0",
         # tests/test_colabs.py runs the notebooks headless.
         "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"]
 

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 
 from gpt4v_jax import sharding
-from gpt4v_jax.data import pipeline
+from gpt4v_jax.data import datasets, pipeline
 from gpt4v_jax.data.tokenizer import get_tokenizer
 
 # What may differ from the config of the run a workdir holds when it resumes: how long it
@@ -21,13 +21,17 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
 # may also be a "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}),
 # or "vqvae": the image tokenizer, whose config.model is a VQVAE's, and which text_to_image
 # needs (config.objective[.mixture.text_to_image].image_tokenizer names its run's workdir).
-OBJECTIVE_KINDS = ("caption", "vqa", "text_to_image")
+OBJECTIVE_KINDS = ("caption", "vqa", "prompt", "text_to_image")
 
 
 # Keys added to the configs after runs were saved without them, with the values that give
 # those runs' behaviour: `load_saved_config` fills them in, so old workdirs still resume and
 # still serve as image tokenizers or initialisations.
 _ADDED_KEYS = {
+    # Before the data seam every run read shapes' 64x64 PNGs as they are.
+    "data.name": "shapes", "data.path": "", "data.image_size": 64, "data.resize": "squash",
+    "data.normalize": "minus_one_to_one", "data.max_pixels": 64_000_000,
+    "data.random_resized_crop": [], "data.hflip": False,
     "optimizer.frozen": [],
     "train.microbatches": 1,
     "init": {"workdir": "", "params": ["vit"]},
@@ -89,16 +93,43 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise ValueError(f"config.{key}={config[section][name]} must be positive.")
   if config.objective.kind != "vqvae":
     _check_language_model(config)
-  unknown = set(config.evals.final_splits) | set(config.evals.during_splits)
-  unknown -= {"train", "validation", "test", "compositional"}
-  if unknown:
-    raise ValueError(f"config.evals splits {sorted(unknown)} are not splits of shapes.")
+  _check_data(config)
   if config.init.workdir and not _has_checkpoint(config.init.workdir):
     raise ValueError(f"config.init.workdir={config.init.workdir!r} holds no checkpoint to "
                      "initialise from.")
   if config.data.on_bad_example not in pipeline.ON_BAD_EXAMPLE:
     raise ValueError(f"config.data.on_bad_example={config.data.on_bad_example!r}: expected one "
                      f"of {pipeline.ON_BAD_EXAMPLE}.")
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """The dataset exists where the config says, and its images can be preprocessed as said."""
+  data = config.data
+  if data.name not in datasets.NAMES:
+    raise ValueError(f"config.data.name={data.name!r}: expected one of {datasets.NAMES}.")
+  if data.name != "shapes" and not os.path.isdir(data.path):
+    raise ValueError(f"config.data.path={data.path!r} is not a directory; config.data.name="
+                     f"{data.name!r} reads the dataset from there (README, 'Your own data').")
+  datasets.preprocess(data)  # Raises ValueError naming a bad setting.
+  objective = config.objective
+  kinds = set(objective.mixture) if objective.kind == "mixture" else {objective.kind}
+  scene_only = kinds & {"text_to_image", "vqvae"}
+  if scene_only and data.name != "shapes":
+    raise ValueError(f"config.objective {sorted(scene_only)} is evaluated by reading the "
+                     "scene back from generated pixels, which only the embedded shapes "
+                     f"dataset allows; config.data.name={data.name!r}.")
+
+
+def check_splits(config: ml_collections.ConfigDict, sources: dict) -> None:
+  """The splits the config trains and evaluates on are splits of the opened dataset."""
+  wanted = {"config.data.train_split": [config.data.train_split],
+            "config.evals.during_splits": list(config.evals.during_splits),
+            "config.evals.final_splits": list(config.evals.final_splits)}
+  for key, splits in wanted.items():
+    missing = [s for s in splits if s not in sources]
+    if missing:
+      raise ValueError(f"{key}: {missing} are not splits of the dataset "
+                       f"config.data.name={config.data.name!r}, which has {sorted(sources)}.")
 
 
 def _check_language_model(config: ml_collections.ConfigDict) -> None:

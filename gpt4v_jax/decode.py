@@ -58,24 +58,27 @@ def token_loop(first_logits, step_fn, carry, choose, max_new_tokens, eos_id,
 
 
 def greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
-                  eos_id, pad_id=0):
+                  eos_id, pad_id=0, image_mask=None):
   """Greedy decoding with a KV cache.
 
   Args:
     model: a `GPT4V` (static: must be hashable, as Linen modules are).
     params: the model's "params" collection, boxed or unboxed.
-    images: [batch, H, W, 3] float in [-1, 1].
+    images: [batch, H, W, 3] float in [-1, 1], or None (no images, see
+      `GPT4V.__call__`).
     prompt: [batch, p] int32, right-padded.
     prompt_mask: [batch, p] bool, False at padding.
     max_new_tokens: number of tokens to generate.
     eos_id: end-of-sequence id; it is emitted, everything after it is pad_id.
     pad_id: filler after EOS.
+    image_mask: optional [batch] bool; False hides that example's image (a
+      text-only row), see `GPT4V.__call__`.
 
   Returns:
     [batch, max_new_tokens] int32.
   """
   return _greedy_decode(model, params, images, prompt, prompt_mask,
-                        max_new_tokens, eos_id, pad_id)
+                        max_new_tokens, eos_id, pad_id, image_mask)
 
 
 def cached_steps(model, variables, images, prompt, prompt_mask,
@@ -105,10 +108,10 @@ def cached_steps(model, variables, images, prompt, prompt_mask,
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
-                   eos_id, pad_id):
+                   eos_id, pad_id, image_mask):
   variables = {"params": nn.unbox(params)}
   logits, step_fn, carry = cached_steps(model, variables, images, prompt,
-                                        prompt_mask, max_new_tokens)
+                                        prompt_mask, max_new_tokens, image_mask)
   return token_loop(logits, step_fn, carry, _argmax, max_new_tokens, eos_id,
                     pad_id)
 

@@ -26,13 +26,14 @@ import numpy as np
 import optax
 
 from gpt4v_jax import checkpoint, config_checks, perf, preemption, sharding
-from gpt4v_jax.data import shapes
+from gpt4v_jax.data import datasets
 from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
 from gpt4v_jax.objectives import mixture
 from gpt4v_jax.objectives.caption import CaptionObjective
 from gpt4v_jax.objectives.image_tokenizer import VQVAEObjective
+from gpt4v_jax.objectives.prompt import PromptObjective
 from gpt4v_jax.objectives.text_to_image import TextToImageObjective
 from gpt4v_jax.objectives.vqa import VQAObjective
 from gpt4v_jax.optimizer import make_optimizer
@@ -61,6 +62,8 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
 
     caption  max_text_len, prompt
     vqa      max_text_len, max_question_len, max_new_tokens, questions_per_row
+    prompt   max_text_len, max_prompt_len, metric ("rouge" or "exact_match"), use_images
+             (False: text only, e.g. summarization)
     vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
     text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
              caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
@@ -69,21 +72,28 @@ def make_objective(config: ml_collections.ConfigDict) -> Any:
     mixture  mixture = {kind: dict(weight=..., that kind's keys)}, e.g.
              mixture = dict(caption=dict(weight=1.0, prompt="", max_text_len=26), vqa=...);
              the weights' shares of config.data.global_batch_size are each part's rows
+
+  Every objective's images go through `datasets.preprocess(config.data)`.
   """
   c = config.objective
+  preprocess = datasets.preprocess(config.data)
   if c.kind == "vqvae":
-    return VQVAEObjective(beta=c.beta, num_codes=config.model.num_codes)
+    return VQVAEObjective(beta=c.beta, num_codes=config.model.num_codes, preprocess=preprocess)
   tokenizer = get_tokenizer(config.tokenizer)
+  single = lambda kind, keys: _single_objective(
+      kind, keys, keys.get("max_text_len"), tokenizer, config.seed, preprocess,
+      datasets.dataset_metrics(config.data.name).get(kind))
   if c.kind != "mixture":
-    return _single_objective(c.kind, c, c.get("max_text_len"), tokenizer, config.seed)
-  parts = {kind: _single_objective(kind, part, part.get("max_text_len"), tokenizer,
-                                   config.seed) for kind, part in c.mixture.items()}
+    return single(c.kind, c)
+  parts = {kind: single(kind, part) for kind, part in c.mixture.items()}
   return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()},
                                   config.data.global_batch_size)
 
 
 def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int | None,
-                      tokenizer, seed: int) -> Any:
+                      tokenizer, seed: int, preprocess, extra_metrics) -> Any:
+  """One objective of `kind` from its config keys; `extra_metrics`: the dataset's own
+  metrics of that kind, if any (`datasets.dataset_metrics`)."""
   if kind == "text_to_image":
     vq_model, vq_variables = load_image_tokenizer(keys.image_tokenizer)
     return TextToImageObjective(
@@ -92,15 +102,20 @@ def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: 
         cfg_scale=keys.cfg_scale, eval_cfg_scales=tuple(keys.eval_cfg_scales),
         temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
         code_order=keys.code_order, code_positions=keys.code_positions,
-        code_embedding_init=keys.code_embedding_init,
+        code_embedding_init=keys.code_embedding_init, preprocess=preprocess,
         max_text_len=max_text_len)
   if kind == "caption":
-    return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len)
+    return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len,
+                            preprocess=preprocess, extra_metrics=extra_metrics)
   if kind == "vqa":
     return VQAObjective(tokenizer, max_text_len=max_text_len,
                         max_question_len=keys.max_question_len,
                         max_new_tokens=keys.max_new_tokens,
-                        questions_per_row=keys.questions_per_row)
+                        questions_per_row=keys.questions_per_row, preprocess=preprocess)
+  if kind == "prompt":
+    return PromptObjective(tokenizer, max_text_len=max_text_len,
+                           max_prompt_len=keys.max_prompt_len, metric=keys.metric,
+                           use_images=keys.use_images, preprocess=preprocess)
   raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
 
 
@@ -380,8 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Data.
   objective = make_objective(config)
-  builder = shapes.load_builder(config.data.data_dir, config.data.builder_config)
-  sources = shapes.encoded_sources(builder)
+  sources = datasets.open_splits(config.data)
+  config_checks.check_splits(config, sources)
   if isinstance(objective, mixture.MixtureObjective):  # Every part's rows must split too.
     for name, rows in objective.part_rows.items():
       what = (f"config.objective.mixture.{name}'s rows per batch (its weight's share of "

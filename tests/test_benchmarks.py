@@ -39,6 +39,24 @@ def test_input_pipeline_benchmark_runs(tmp_path, tiny_data_dir):
   assert row["objective"] == "caption" and row["headroom"] > 0
 
 
+def test_own_data_benchmark_runs(tmp_path):
+  """4 tiny JPEGs through the builder, the pipeline (with and without the random crop) and the
+  tiny config's step; the JSON's headroom is the pipeline's rate over the step's."""
+  rows = _run("own_data", ["--images=4", "--image_width=64", "--image_height=48",
+                           "--pipeline_batch=2", "--batches=1", "--warmup_batches=1",
+                           "--threads=1", "--step_batch=2", "--step_repeats=1",
+                           "--config_arg=tiny", "--vit_variant="], tmp_path)["rows"]
+  assert [r["stage"] for r in rows] == ["build", "reuse", "pipeline", "pipeline", "train step"]
+  assert rows[0]["examples"] == 4 and rows[0]["examples_per_s"] == pytest.approx(
+      4 / rows[0]["seconds"])
+  assert "random_resized_crop" not in rows[2]["setting"]
+  assert "random_resized_crop" in rows[3]["setting"]
+  step_rate = rows[4]["examples_per_s"]
+  assert step_rate == pytest.approx(2 / rows[4]["seconds"])
+  for row in rows[2:4]:
+    assert row["examples"] == 2 and row["headroom"] == pytest.approx(
+        row["examples_per_s"] / step_rate)
+
 def test_1b_benchmark_model_has_about_a_billion_params():
   """The accelerator benchmark's "1b" model, counted from shapes alone (nothing allocated)."""
   config = common.model_config("1b")

@@ -143,13 +143,13 @@ def _example(i: int, *, image: bytes | None = None, caption: bytes = b"a small r
   """Example `i`: its image is filled with the value i, so a batch row says which it came from."""
   if image is None:
     image = _png(np.full((64, 64, 3), i, np.uint8))
-  return dict(id=i, image=image, captions=[caption])
+  return dict(id=i, image=image, image_path="", captions=[caption])
 
 
 def _fake_source() -> list[dict]:
   source = [_example(i) for i in range(12)]
   source += [_example(100, image=_png(np.full((64, 64, 3), 100, np.uint8))[:40]),  # Truncated.
-             _example(101, image=_png(np.zeros((32, 32, 3), np.uint8))),  # Wrong size.
+             _example(101, image=b"GIF89a, but not an image"),  # Does not decode.
              _example(102, caption=b""),
              _example(103, caption=b"a large blue square " * 50)]  # 1000 bytes: cut to fit.
   return source

@@ -13,7 +13,7 @@ from gpt4v_jax.objectives import image_tokenizer
 
 @pytest.fixture(scope="module")
 def tiny_sources(tiny_data_dir):
-  return shapes.load_builder(tiny_data_dir, "tiny").as_data_source()
+  return shapes.encoded_sources(shapes.load_builder(tiny_data_dir, "tiny"))
 
 
 def _items(objective, source, n):

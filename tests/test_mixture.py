@@ -148,7 +148,7 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
       split="validation",
       num_examples=4, batch_size=8, mesh=sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1)),
       out_dir=str(tmp_path), step=0)
-  answers = [a for i in range(4) for a in source[i]["answers"]]
+  answers = [a for i in range(4) for (a,) in source[i]["answers"]]
   assert metrics["caption/num_examples"] == metrics["vqa/num_examples"] == 4
   assert metrics["vqa/num_questions"] == len(answers)
   assert metrics["vqa/accuracy"] == pytest.approx(answers.count(b"yes") / len(answers))

@@ -1,11 +1,14 @@
 """Tests for the procedurally generated `shapes` dataset (gpt4v_jax/data/shapes.py)."""
+import hashlib
 import itertools
+import json
 import re
 
 import numpy as np
 import pytest
 
 from gpt4v_jax.data import shapes as S
+from gpt4v_jax.data import tokenizer
 
 NUM_SCENES = 300
 
@@ -264,7 +267,7 @@ def test_data_source_features(tiny):
     for index in (0, sizes[split] - 1):
       example = tiny[split][index]
       assert set(example) == {"image", "captions", "questions", "answers",
-                              "question_types", "objects", "id"}
+                              "question_types", "description", "objects", "id"}
       assert example["id"] == index
       image = example["image"]
       assert isinstance(image, np.ndarray)
@@ -319,3 +322,35 @@ def test_two_builds_identical(tiny, tmp_path):
       assert a["captions"] == b["captions"]
       assert a["questions"] == b["questions"]
       assert a["answers"] == b["answers"]
+
+
+def test_descriptions_left_every_other_field_as_it_was():
+  """The description has its own generator: images, captions, questions and scenes are those
+  of the dataset before it (a fingerprint of version 1.0.0's first 20 examples per split),
+  so the runs trained on them still reproduce."""
+  digest = hashlib.sha256()
+  for split in S.SPLITS:
+    for i in range(20):
+      example = S.make_example(0, split, i)
+      del example["description"]
+      digest.update(example.pop("image").tobytes())
+      digest.update(json.dumps(example, sort_keys=True).encode())
+  assert digest.hexdigest() == (
+      "3ed15d49475a32c39d211936c82eea7d8b74b96c68dedb57dcbf633d24916af9")
+
+
+def test_summarization_pair_states_every_fact_and_uses_only_vocabulary_words():
+  words = set(S.vocabulary())
+  for split in S.SPLITS:
+    for i in range(50):
+      example = S.make_standard_example(0, split, i)
+      (description,), (summary,) = example["prompts"], example["targets"]
+      assert set(tokenizer.WordTokenizer.split(description)) <= words
+      assert S.parse_caption(summary) == S.scene_objects(example["scene"])
+      # Every object's size, color and shape is one sentence of the description.
+      for k, obj in enumerate(example["scene"]):
+        for fact in (f"the size of object {k + 1} is {obj['size']}.",
+                     f"the color of object {k + 1} is {obj['color']}.",
+                     f"the shape of object {k + 1} is a {obj['shape']}."):
+          assert fact in description
+      assert description.count(".") == 1 + 3 * len(example["scene"])

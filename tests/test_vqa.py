@@ -27,12 +27,13 @@ def one_question_obj():
 def _example(**overrides) -> dict:
   example = dict(id=7, image=np.zeros((64, 64, 3), np.uint8),
                  questions=[b"is there a red square?", b"how many circles are there?"],
-                 answers=[b"no", b"2"], question_types=[b"existence", b"count"])
+                 answers=[[b"no"], [b"2"]], question_types=[b"existence", b"count"],
+                 answer_types=[])
   return {**example, **overrides}
 
 
 def test_row_is_question_prefix_then_causal_answer_with_loss_on_answer_and_eos(obj):
-  row = obj.train_example(_example(questions=[b"what color is the circle?"], answers=[b"red"],
+  row = obj.train_example(_example(questions=[b"what color is the circle?"], answers=[[b"red"]],
                                    question_types=[b"color"]), np.random.default_rng(0))
   prefix = [BOS_ID, TASK_IDS["vqa"]] + obj.tokenizer.encode("what color is the circle?")
   answer = obj.tokenizer.encode("red") + [EOS_ID]
@@ -58,11 +59,12 @@ def test_training_samples_one_question_per_example_from_the_rng(one_question_obj
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(answers=[b"no"]), "2 questions, 1 answers"),
+    (dict(answers=[[b"no"]]), "2 questions, 1 answer lists"),
     (dict(questions=[], answers=[], question_types=[]), "0 questions"),
-    (dict(answers=[b"no", b""]), "empty answer"),
+    (dict(answers=[[b"no"], [b""]]), "empty answer"),
+    (dict(answers=[[b"no"], []]), "question 1 has no answer"),
     (dict(questions=[b"\xff?", b"how?"]), "question is not UTF-8"),
-    (dict(question_types=[b"existence", b"colour"]), "question type 'colour'"),
+    (dict(question_types=[b"existence"]), "2 questions, 2 answer lists, 1 question types"),
     (dict(questions=[b"is there " * 6 + b"?"] * 2),
      "question of 13 tokens is longer than max_question_len=12"),
 ])
@@ -77,7 +79,7 @@ def test_every_generated_question_fits_the_default_row(obj):
   """max_text_len is the measured bound: no question of any split is cut or rejected."""
   for split in shapes.SPLITS:
     for index in range(50):
-      ex = shapes.make_example(0, split, index)
+      ex = shapes.make_standard_example(0, split, index)
       for k in range(len(ex["questions"])):
         one = dict(ex, questions=ex["questions"][k:k + 1], answers=ex["answers"][k:k + 1],
                    question_types=ex["question_types"][k:k + 1])
@@ -86,11 +88,11 @@ def test_every_generated_question_fits_the_default_row(obj):
 
 def test_eval_items_ask_every_question_of_the_image(obj):
   ex = shapes.make_example(0, "validation", 3)
-  items = obj.eval_items(ex)
+  items = obj.eval_items(shapes.make_standard_example(0, "validation", 3))
   assert len(items) == len(ex["questions"]) >= 6
   for (inputs, info), q, a, t in zip(items, ex["questions"], ex["answers"],
                                       ex["question_types"]):
-    assert info == dict(id="3", question=q, qtype=t, answer=a)
+    assert info == dict(id="3", question=q, answers=[a], answer=a, qtype=t, atype="")
     assert inputs["prompt"].shape == inputs["prompt_mask"].shape == (obj.prompt_len,)
     n = inputs["prompt_mask"].sum()
     assert list(inputs["prompt"][:n]) == [BOS_ID, TASK_IDS["vqa"]] + obj.tokenizer.encode(q)
@@ -104,6 +106,7 @@ def test_score_is_exact_match_overall_and_per_type(obj):
            dict(id="1", question="is there a blue diamond?", qtype="existence", answer="no"),
            dict(id="1", question="what shape is the red object?", qtype="shape",
                 answer="circle")]
+  items = [dict(item, answers=[item["answer"]], atype="") for item in items]
   metrics, records = obj.score(items, ["Red.", "two", "yes", "circles"])
   assert metrics == dict(accuracy=0.5, accuracy_color=1.0, accuracy_shape=0.0,
                          accuracy_count=1.0, accuracy_existence=0.0, num_questions=4)
@@ -146,7 +149,7 @@ def test_vqa_dialogue_row_asks_distinct_questions_of_the_image():
   config = shapes_vqa.get_config()  # The default: all questions of the image, 114 slots.
   obj = train.make_objective(config)
   ex = shapes.make_example(0, "train", 5)
-  row = obj.train_example(ex, np.random.default_rng(0))
+  row = obj.train_example(shapes.make_standard_example(0, "train", 5), np.random.default_rng(0))
   t = obj.tokenizer
   pairs = {f"{q} {a}" for q, a in zip(ex["questions"], ex["answers"])}
   # Every question of the image appears once, each followed by its answer, and the loss

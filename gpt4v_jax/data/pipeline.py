@@ -7,18 +7,16 @@ and a resumed run sees exactly the batches an uninterrupted run would have seen.
 objectives zips one such stream per objective (`zip_datasets`): each batch holds a fixed
 number of every objective's rows, each objective's at its own row length.
 
-Bad examples (an image that does not decode or has the wrong size, an empty caption, ...) are
+Bad examples (an image file that is missing or does not decode, an empty caption, ...) are
 found by the objective's example function, which raises BadExample. With
 `on_bad_example="skip"` they are dropped *before* batching, so the batch is refilled from the
 next examples (same batch size, same order on every run); each kept row carries `skipped`, the
 number of bad examples dropped just before it, so the train step can count them exactly.
 """
-import io
 from typing import Any, Callable, Iterator
 
 import grain
 import numpy as np
-import PIL.Image
 
 ON_BAD_EXAMPLE = ("skip", "error")
 # More bad examples in a row than this means the data, not an example, is broken.
@@ -27,28 +25,6 @@ MAX_CONSECUTIVE_BAD = 1000
 
 class BadExample(ValueError):
   """An example the pipeline cannot use; skipped or fatal as `config.data.on_bad_example` says."""
-
-
-def decode_image(image: bytes | np.ndarray, size: int) -> np.ndarray:
-  """PNG/JPEG bytes (or an already decoded array) -> uint8 [size, size, 3].
-
-  Raises BadExample for bytes that do not decode or an image of another size (checked from
-  the header, before the pixels are decoded).
-  """
-  if isinstance(image, bytes):
-    try:
-      with PIL.Image.open(io.BytesIO(image)) as im:
-        if im.size != (size, size):
-          raise BadExample(f"image is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
-        image = np.asarray(im.convert("RGB"))
-    except BadExample:
-      raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes.
-      raise BadExample(f"image does not decode ({type(e).__name__}: {e})") from None
-  image = np.asarray(image)
-  if image.shape != (size, size, 3) or image.dtype != np.uint8:
-    raise BadExample(f"image is {image.dtype} {image.shape}, expected uint8 ({size}, {size}, 3)")
-  return image
 
 
 def decode_text(value: bytes | str, what: str) -> str:
@@ -63,11 +39,6 @@ def decode_text(value: bytes | str, what: str) -> str:
   if not text.strip():
     raise BadExample(f"empty {what}")
   return text
-
-
-def image_to_float(image: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, 3] -> float32 [H, W, 3] in [-1, 1]."""
-  return np.asarray(image, np.float32) / 127.5 - 1.0
 
 
 class _Bad:

@@ -20,6 +20,7 @@ Reading needs no TensorFlow: build with `file_format="array_record"` (done by
   questions:      list of Q `bytes` (6 <= Q <= 8)
   answers:        list of Q `bytes`
   question_types: list of Q `bytes` (each one of QUESTION_TYPES)
+  description:    `bytes`, a verbose description of the scene (summarization)
   objects:        dict with keys "shape", "color", "size" (lists of N
                   `np.int64` class indices into SHAPES / COLORS / SIZES) and
                   "x", "y" (lists of N `np.float32` centres in pixels),
@@ -29,6 +30,8 @@ Reading needs no TensorFlow: build with `file_format="array_record"` (done by
 Sequences come back as Python lists (TFDS's NumPy decoding path does not
 stack them); `example_to_numpy` turns them into arrays and
 `example_scene` turns `objects` back into the scene dicts used below.
+`encoded_sources` serves them as the standard examples every objective reads
+(data/datasets.py).
 """
 from __future__ import annotations
 
@@ -249,6 +252,34 @@ def captions(objects: list[dict], rng: np.random.Generator) -> list[str]:
   return [format_caption(objects, int(t)) for t in chosen]
 
 
+def description(objects: list[dict], rng: np.random.Generator) -> str:
+  """A verbose description of the scene, for the summarization task (its summary is
+  `summary(objects)`): the objects are numbered left to right, then each one's size, color
+  and shape is stated in its own sentence, the sentences in rng order, so a summary has to
+  gather three facts per object from across the text. Uses only words of `vocabulary()`, so
+  the `words:shapes` tokenizer (and every run that uses it) is unchanged.
+
+  "there are two objects, from left to right object 1 and object 2. the color of object 2
+  is blue. the shape of object 1 is a circle. ..."
+  """
+  n = len(objects)
+  numbered = _join([f"object {k + 1}" for k in range(n)])
+  head = ("there is one object, object 1." if n == 1 else
+          f"there are {_NUMBER_WORDS[n]} objects, from left to right {numbered}.")
+  facts = []
+  for k, obj in enumerate(objects):
+    facts += [f"the size of object {k + 1} is {obj['size']}.",
+              f"the color of object {k + 1} is {obj['color']}.",
+              f"the shape of object {k + 1} is a {obj['shape']}."]
+  return " ".join([head] + [facts[i] for i in rng.permutation(len(facts))])
+
+
+def summary(objects: list[dict]) -> str:
+  """The one-line summary of `description`: the plain caption, "a large red circle and a
+  small blue square."."""
+  return format_caption(objects, 0)
+
+
 _MENTION = re.compile(r"\b({})\s+({})\s+({})s?\b".format(
     "|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)))
 
@@ -460,18 +491,22 @@ def make_example(seed: int, split: str, index: int) -> dict:
   Returns:
     {"image": uint8 [64, 64, 3], "captions": list[str] (5),
      "questions", "answers", "question_types": list[str] (6-8 each),
+     "description": str (the summarization task's input, see `description`),
      "objects": scene (list of dicts, see sample_scene), "id": index}.
   """
   rng = example_rng(seed, split, index)
   objects = sample_scene(rng, compositional=(split == "compositional"))
   caps = captions(objects, rng)
   qas = questions(objects, rng)
+  # Its own generator: the fields above are what they were before descriptions existed.
+  text_rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
   return {
       "image": render_scene(objects),
       "captions": caps,
       "questions": [q for q, _, _ in qas],
       "answers": [a for _, a, _ in qas],
       "question_types": [t for _, _, t in qas],
+      "description": description(objects, text_rng),
       "objects": objects,
       "id": index,
   }
@@ -548,8 +583,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class Shapes(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated shapes scenes with captions and QA."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "description: a verbose scene description to summarize."}
   BUILDER_CONFIGS = [
       ShapesConfig(name="default", description="Full dataset.", train=30000,
                    validation=1000, test=1000, compositional=1000),
@@ -579,6 +615,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             "questions": text_list,
             "answers": text_list,
             "question_types": text_list,
+            "description": tfds.features.Text(),
             "objects": tfds.features.Sequence({
                 "shape": tfds.features.ClassLabel(names=SHAPES),
                 "color": tfds.features.ClassLabel(names=COLORS),
@@ -617,10 +654,44 @@ def load_builder(data_dir: str, config: str = "default") -> Shapes:
   return builder
 
 
-def encoded_sources(builder: Shapes) -> dict[str, Any]:
-  """Every split's data source, with images left as PNG bytes.
+def standard_example(example: dict, scene: list[dict] | None = None) -> dict:
+  """A data-source example (images as PNG bytes) -> the standard example every objective
+  reads (data/datasets.py): one answer per question, no answer types, the summarization
+  pair (description -> summary) as its one prompt and target, the scene (by default
+  `example_scene(example)`) as `scene`."""
+  scene = example_scene(example) if scene is None else scene
+  return dict(id=example["id"], image=example["image"], image_path="",
+              captions=example["captions"], questions=example["questions"],
+              answers=[[a] for a in example["answers"]],
+              question_types=example["question_types"], answer_types=[],
+              prompts=[example["description"]], targets=[summary(scene)], scene=scene)
 
-  The input pipeline decodes them itself (`pipeline.decode_image`), so an image that does not
+
+def make_standard_example(seed: int, split: str, index: int) -> dict:
+  """`make_example`'s example as the data source serves it: a standard example, its image
+  PNG bytes."""
+  example = make_example(seed, split, index)
+  return standard_example(_to_tfds_features(example), example["objects"])
+
+
+class _StandardSource:
+  """A split's data source whose examples come out as `standard_example`s."""
+
+  def __init__(self, source: Any):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    return standard_example(self._source[index])
+
+
+def encoded_sources(builder: Shapes) -> dict[str, Any]:
+  """Every split's source of standard examples, with images left as PNG bytes.
+
+  The input pipeline decodes them itself (`images.preprocess`), so an image that does not
   decode is a bad example it can count and skip, not an exception inside the data source.
   """
-  return builder.as_data_source(decoders={"image": tfds.decode.SkipDecoding()})
+  sources = builder.as_data_source(decoders={"image": tfds.decode.SkipDecoding()})
+  return {split: _StandardSource(source) for split, source in sources.items()}

@@ -2,78 +2,398 @@
 
 BLEU and CIDEr-D reproduce the numbers of the COCO caption evaluation toolkit
 (``pycocoevalcap`` 1.2, ``Bleu(4)`` and ``Cider()``) so that our results are
-comparable with published ones, but they are written from the metric
-definitions and run without Java or any third-party package. Where the toolkit
-departs from the textbook definition (BLEU's smoothing constants and
-per-item "closest" reference length) we follow the toolkit, because matching
-published numbers is the point, and say so at the place it happens.
+comparable with published ones. They are written from the metric definitions;
+where the toolkit departs from the textbook definition (BLEU's smoothing
+constants and per-item "closest" reference length) we follow the toolkit,
+because matching published numbers is the point, and say so at the place it
+happens.
 
-All corpus-level functions take ``references`` as ``{key: [str, ...]}`` and
-``predictions`` as ``{key: str}`` holding raw text; they tokenize with
-:func:`tokenize` themselves.
+Tokenization. The toolkit first runs every caption through the Stanford PTB
+tokenizer (a Java program) and drops punctuation tokens; published numbers
+include that step. The corpus-level functions take raw text
+(``references`` as ``{key: [str, ...]}``, ``predictions`` as ``{key: str}``)
+and a ``tokenization`` keyword:
+
+* ``"ptb"``: pycocoevalcap's ``PTBTokenizer`` (needs ``java`` on PATH and the
+  pycocoevalcap package), the official tokens;
+* ``"builtin"``: :func:`tokenize`, pure Python, written from PTB's observed
+  behaviour. Identical tokens on plain captions (lower-case words, commas,
+  colons, a final period, e.g. the shapes captions); its docstring lists the
+  rare constructs where it still differs;
+* ``"auto"`` (default): ``"ptb"`` when available, else ``"builtin"`` with a
+  one-time logged warning.
+
+Each PTB run starts a Java process (0.2 to 1 s), so an evaluation that wants
+several metrics tokenizes once with :func:`tokenize_corpus` and scores the result with
+:func:`bleu_from_tokens` and :func:`cider_d_from_tokens`.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
+import importlib.util
+import logging
 import math
+import os
 import re
-from typing import Hashable, Mapping, Sequence
+import shutil
+import unicodedata
+from typing import Callable, Hashable, Mapping, Sequence
 
 Ngram = tuple[str, ...]
 
+_log = logging.getLogger(__name__)
+
 # ---------------------------------------------------------------------------
-# Tokenization
+# Built-in tokenizer: a pure-Python approximation of PTB
 # ---------------------------------------------------------------------------
+#
+# PTB (Stanford CoreNLP 3.4.1, as pycocoevalcap runs it with -lowerCase) lexes
+# the ORIGINAL-case text, taking the longest token that one of its rules
+# matches, then lower-cases each token; pycocoevalcap then removes the tokens
+# of a fixed punctuation list. We do the same three steps. The rules below were
+# written by observing PTB's output on probe sentences (no code was taken from
+# it); tests/test_caption_metrics.py checks them against the real tokenizer.
 
-# English clitics that the PTB tokenizer splits off into their own token
-# ("dog's" -> "dog 's", "don't" -> "do n't"). Splitting them keeps n-gram
-# counts close to what the toolkit sees.
-_NEGATION = re.compile(r"(?<=[a-z])n't\b")
-_CLITIC = re.compile(r"(?<=[a-z])'(s|re|ve|ll|m|d)\b")
-# Hyphens, dots and commas survive inside a word or number ("black-and-white",
-# "3.5", "1,000"), as in the PTB tokenizer; elsewhere they are punctuation.
-_INNER_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
-_INNER_DOT_COMMA = re.compile(r"(?<=\d)[.,](?=\d)")
-# An apostrophe between letters is part of the word ("o'clock").
-_INNER_APOSTROPHE = re.compile(r"(?<=[a-z])'(?=[a-z])")
-# Characters the toolkit discards after PTB tokenization: quotes, brackets
-# (PTB's -LRB-/-RRB-/-LCB-/-RCB- tokens), and . ? ! , : ; - ` '.
-_PUNCTUATION = re.compile(r"""[.,;:?!'"`()\[\]{}\-]""")
-# Placeholders (private-use code points) that shield the characters we keep
-# while the punctuation pass runs.
-_KEEP = {"-": "\ue000", ".": "\ue001", ",": "\ue002", "'": "\ue003"}
+# Tokens pycocoevalcap removes after PTB. Its list also holds -LRB-, -RRB-,
+# -LCB-, -RCB-, but compares them with the LOWER-cased tokens, so PTB's
+# bracket tokens ("-lrb-", ...) are never removed and count as words in the
+# published numbers; we keep them too.
+_REMOVED = frozenset(["''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--",
+                      "...", ";"])
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-",
+             "{": "-lcb-", "}": "-rcb-"}
+
+# Characters PTB rewrites before tokenizing: typographic quotes become ASCII
+# quotes (so "don’t" splits like "don't"), dashes and the ellipsis become
+# "--" / "..." (removed as punctuation), euro / pound / cent signs become PTB's
+# "$" / "#" / "cents", "½" becomes "1/2", and a soft hyphen vanishes inside
+# its word.
+_REWRITES = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+    "\u00ab": '"', "\u00bb": '"', "\u2039": '"', "\u203a": '"',
+    "\u2013": " -- ", "\u2014": " -- ", "\u2026": " ... ",
+    "\u20ac": "$", "\u00a3": "#", "\u00a2": " cents ", "\u00ad": "",
+    "\u00bd": " 1/2 ", "\u00bc": " 1/4 ", "\u00be": " 3/4 ",
+})
+
+# Abbreviations PTB keeps with their period ("mr." stays one token). Probed
+# in lower, title and upper case, mid-sentence and at the end.
+_ABBREVIATIONS = (
+    "mr mrs ms messrs mme mlle dr prof gen col lt sgt capt cmdr maj adm brig "
+    "rev hon sen sens rep reps gov pres st jr sr esq jan feb mar apr jun jul "
+    "aug sep sept oct nov dec mon tue tues wed thu thurs fri etc vs cf al co "
+    "corp inc ltd bros dept univ assn intl natl mfg est ph mt ft ave rd blvd "
+    "sq tel ext calif conn fla ind kan mich minn mo neb nev okla tenn va vt wis "
+    "ariz colo ga ky md mont").split()
+# ... only when capitalized ("Miss." yes, "miss." no): they are also words.
+_CAPITALIZED_ABBREVIATIONS = "mass ill ore pa tex wash ark del la miss".split()
+# ... only before a number ("no. 5" yes, "said no." no).
+_NUMBER_ABBREVIATIONS = "no nos ca fig op pp".split()
+# Whole words PTB splits in two, at the given index ("cannot" -> can not).
+_SPLIT_WORDS = {"cannot": 3, "gonna": 3, "gotta": 3, "wanna": 3, "lemme": 3,
+                "gimme": 3}
 
 
-def _shield(match: re.Match) -> str:
-    """Replaces a kept punctuation character by its placeholder."""
-    return _KEEP[match.group(0)]
+def _char_class(predicate: Callable[[str], bool]) -> str:
+    """A regex character-class body (ranges) of the BMP characters where
+    ``predicate`` holds; ``re`` has no Unicode-category classes."""
+    ranges, start = [], None
+    for code in range(0x10001):
+        inside = code < 0x10000 and predicate(chr(code))
+        if inside and start is None:
+            start = code
+        elif not inside and start is not None:
+            ranges.append(f"\\u{start:04x}-\\u{code - 1:04x}")
+            start = None
+    return "".join(ranges)
+
+
+def _is_dropped(char: str) -> bool:
+    """Characters PTB 3.4.1 deletes as untokenizable (they still separate
+    tokens): controls, format characters such as a zero-width space,
+    surrogates, private-use and unassigned code points, emoji variation
+    selectors. Characters beyond the BMP (emoji) are dropped separately."""
+    return ((unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn")
+             and not char.isspace() and char != "\u00ad")
+            or "\ufe00" <= char <= "\ufe0f")
+
+
+@functools.cache
+def _lexer() -> tuple[re.Pattern, re.Pattern, tuple[re.Pattern, ...]]:
+    """(dropped characters, PTB's n't split, token rules), compiled on
+    first use (building the Unicode classes takes ~0.1 s)."""
+    # Word characters: letters, combining marks (Devanagari, "e" + accent),
+    # decimal digits (A, for alphanumeric) and underscore (W); L: letters.
+    A = _char_class(lambda c: (unicodedata.category(c)[0] in "LM"
+                               or unicodedata.category(c) == "Nd")
+                    and not _is_dropped(c))
+    W = A + "_"
+    L = _char_class(lambda c: unicodedata.category(c)[0] == "L")
+    dropped = re.compile(f"[{_char_class(_is_dropped)}\U00010000-\U0010ffff]")
+    # A hyphen / slash separated part: a word or a decimal ("3.5-inch").
+    part = rf"(?:[0-9]+(?:[.,][0-9]+)+|[{W}]+)"
+    any_abbrev = "|".join(_ABBREVIATIONS)
+    cap_abbrev = "|".join(_CAPITALIZED_ABBREVIATIONS)
+    num_abbrev = "|".join(_NUMBER_ABBREVIATIONS)
+    rules = [
+        r"(?i:https?|ftp)://[^\s<>\"]*[^\s<>\".,;:!?'()\[\]{}]",  # URL
+        rf"[{W}.+-]+@[{W}-]+(?:\.[{W}-]+)+",                     # e-mail
+        rf"[A-Za-z](?:\.[A-Za-z])*\.(?:-{part})*",   # "u.s.", "c.", "u.k.-based"
+        rf"(?i:{any_abbrev})\.",                                  # "mr."
+        rf"(?=[A-Z])(?i:{cap_abbrev})\.",                         # "Miss."
+        rf"(?i:{num_abbrev})\.(?=\s*[0-9])",                      # "no. 5"
+        rf"[{L}][{A}]*(?:\.[{L}][{A}]*)+(?:/[{A}]+)*",  # "www.x.com/a", "a.b"
+        r"[-+]?(?:[0-9]+(?:[.,:/-][0-9]+)*|\.[0-9]+)",  # "-5", "10:30", "1/2"
+        # Words, hyphenated or slashed ("black-and-white", "and/or"), with an
+        # optional "#"/"@" ("#tbt") or o'/d'/l' ("o'clock") in front.
+        rf"(?:[#@](?=[{L}])|[dlo]'(?=[{L}])|[DLO]'(?=[{L}]))?"
+        rf"{part}(?:[-/\u2010\u2011]{part})*",
+        r"[A-Z]+&[A-Z]+",                                         # "AT&T"
+        r"(?i:c\+\+|[cf]#)",
+        r"</?[A-Za-z][^\s<>]*>",                                  # "<tag>"
+        rf"(?i:'(?:s|re|ve|ll|m|d)|n't)(?![{W}])",           # clitics
+        rf"'(?i:em|cause|til|n'|[0-9]{{2}}s)(?![{W}])",       # "'90s", "'em"
+        r"(?i:ma'am)",
+        rf"'(?i:t)(?=(?i:is|was)(?![{W}]))",               # "'tis" -> 't is
+        rf"[Yy]'(?=[{L}])",                              # "y'all" -> y' all
+        r"[`'\"]+",                                               # quotes
+        r"[?!]+", r"\.+", r"-+",                                  # punctuation
+        r"\S",                                         # any other symbol
+    ]
+    negation = re.compile(rf"(?i:n't)(?![{W}])")
+    return dropped, negation, tuple(re.compile(rule) for rule in rules)
+
+
+def _normal_form(token: str) -> list[str]:
+    """A lexed token as PTB prints it, lower-cased (one or two tokens)."""
+    if token in _BRACKETS:
+        return [_BRACKETS[token]]
+    if token[0] in "`'\"" and token.strip("`'\"") == "":
+        return ["''"]
+    if len(token) > 1 and token.strip(".-") == "":
+        return ["..." if token[0] == "." else "--"]
+    token = token.lower()
+    if token in _SPLIT_WORDS:
+        cut = _SPLIT_WORDS[token]
+        return [token[:cut], token[cut:]]
+    return [token]
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cases ``text``, drops punctuation and splits it into words.
+    """The built-in approximation of pycocoevalcap's PTB tokenization.
 
-    This approximates what pycocoevalcap does (Stanford PTBTokenizer with
-    ``-lowerCase`` followed by removal of punctuation tokens) for plain ASCII
-    captions, without needing Java. Like PTB it splits clitics off as their
-    own tokens ("man's" -> ``["man", "'s"]``, "can't" -> ``["ca", "n't"]``)
-    and keeps word-internal hyphens, digit-internal ``.``/``,`` and
-    letter-internal apostrophes. Known differences from PTB: abbreviation dots
-    are dropped ("mr." -> "mr"), square brackets are dropped (PTB keeps them
-    as -LSB-/-RSB-), and symbols such as ``$ % & /`` stay attached to the
-    neighbouring word.
+    Like PTB + pycocoevalcap: splits clitics ("man's" -> ``man 's``, "can't"
+    -> ``ca n't``, "cannot" -> ``can not``); keeps word-internal hyphens,
+    slashes and dots ("black-and-white", "and/or", "www.x.com"), numbers with
+    their ``. , : / -`` ("3.5", "1,000", "10:30", "-5"), acronyms and known
+    abbreviations with their period ("u.s.", "a.m.", "mr.", "etc."); keeps
+    ``$ % & #`` and other symbols as tokens, brackets as ``-lrb-``/``-rrb-``/
+    ``-lsb-``/... and runs of ``?``/``!`` ("!!"); drops emoji and the
+    punctuation tokens ``. , ; : ? ! ' " ` - -- ...``; lower-cases.
+
+    Known differences from PTB (rare in captions; measured by
+    experiments/caption_tokenizer_agreement.py): emoticons (":)" -> PTB
+    ``:-rrb-``, "^_^"), "rock'n'roll" and "rock ‘n’ roll", a quoted letter
+    before a hyphen ("'L'-shaped" -> PTB ``l' shaped``), "ol'", "cat+dog",
+    "US$5", "’90s" with a typographic apostrophe, characters PTB deletes such
+    as "‼" or "Ⅻ", abbreviations outside our list, and other rules of PTB's
+    lexer that captions rarely exercise. And one that depends on the next
+    caption, which a per-caption tokenizer cannot see: "plan b." ends in
+    ``b.`` here, but in ``b`` under PTB when the next caption starts with a
+    capital. Plain captions (words, commas, colons, final period, any case)
+    always agree.
+
+    Args:
+      text: one caption.
+
+    Returns:
+      Its tokens, e.g. "A man's (red) hat, at 10:30 a.m.!!" ->
+      ``["a", "man", "'s", "-lrb-", "red", "-rrb-", "hat", "at", "10:30",
+      "a.m.", "!!"]``.
     """
-    text = text.lower()
-    # The apostrophe of a split-off clitic is shielded so that the
-    # punctuation pass below keeps it.
-    apostrophe = _KEEP["'"]
-    text = _NEGATION.sub(f" n{apostrophe}t", text)
-    text = _CLITIC.sub(rf" {apostrophe}\1", text)
-    for pattern in (_INNER_HYPHEN, _INNER_DOT_COMMA, _INNER_APOSTROPHE):
-        text = pattern.sub(_shield, text)
-    text = _PUNCTUATION.sub(" ", text)
-    for char, placeholder in _KEEP.items():
-        text = text.replace(placeholder, char)
-    return text.split()
+    dropped, negation, rules = _lexer()
+    text = dropped.sub(" ", text.translate(_REWRITES))
+    tokens = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            break
+        # The longest match wins (which rule gave it does not matter: the
+        # token is the matched text).
+        matches = [rule.match(text, position) for rule in rules]
+        end = max(m.end() for m in matches if m)
+        # "don't" -> "do" + "n't": a word never swallows the n of n't.
+        if (end - position > 1 and text[end - 1] in "nN"
+                and negation.match(text, end - 1)):
+            end -= 1
+        tokens.extend(_normal_form(text[position:end]))
+        position = end
+    return [token for token in tokens if token not in _REMOVED]
+
+
+# ---------------------------------------------------------------------------
+# PTB tokenization through pycocoevalcap, and the choice between the two
+# ---------------------------------------------------------------------------
+
+TOKENIZATIONS = ("auto", "ptb", "builtin")
+
+# Characters Java ends a line at. pycocoevalcap writes one caption per line
+# and pairs output lines with captions by position, so one of these inside a
+# caption would silently shift every later caption's tokens.
+_LINE_BREAKS = re.compile("[\n\r\v\f\u2028\u2029]")
+# Written after each group of captions in a PTB run: a missing or wrong
+# sentinel means the output lines did not pair up with the captions (or Java
+# failed). It also ends the group as the end of a file would: PTB looks at
+# the next line, e.g. "plan b." gives "b" when the next line starts with a
+# capital and "b." otherwise, so it starts with a lower-case letter.
+_SENTINEL = "ptb alignment check."
+_SENTINEL_TOKENS = ["ptb", "alignment", "check"]
+
+_warned_fallback = False
+
+
+def ptb_unavailable_reason() -> str | None:
+    """Why "ptb" tokenization cannot run here, or None when it can."""
+    if shutil.which("java") is None:
+        return "there is no `java` on PATH"
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        return "the pycocoevalcap package is not installed"
+    return None
+
+
+def resolve_tokenization(tokenization: str) -> str:
+    """"auto" / "ptb" / "builtin" -> the tokenization that will run: "ptb"
+    or "builtin".
+
+    Raises ValueError for an unknown name and RuntimeError for "ptb" where it
+    cannot run. "auto" falls back to "builtin" with a warning, logged once per
+    process.
+    """
+    global _warned_fallback
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"tokenization={tokenization!r}: expected one of "
+                         f"{TOKENIZATIONS}.")
+    if tokenization == "builtin":
+        return "builtin"
+    reason = ptb_unavailable_reason()
+    if reason is None:
+        return "ptb"
+    if tokenization == "ptb":
+        raise RuntimeError(
+            f"tokenization='ptb' runs pycocoevalcap's PTBTokenizer, but {reason}."
+            " Install a Java runtime (e.g. `apt-get install default-jre-headless`)"
+            " and `pip install pycocoevalcap==1.2`, or pass tokenization="
+            "'builtin' (or 'auto').")
+    if not _warned_fallback:
+        _warned_fallback = True
+        _log.warning(
+            "Caption metrics: tokenizing with the built-in PTB approximation "
+            "because %s, so BLEU / CIDEr-D may differ slightly from official "
+            "pycocoevalcap numbers on captions with rare punctuation or "
+            "symbols (plain captions, e.g. the shapes ones, score the same). "
+            "Install Java and pycocoevalcap==1.2 for the official tokenizer, "
+            "or pass tokenization='builtin' to choose this one explicitly.",
+            reason)
+    return "builtin"
+
+
+def ptb_tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Tokenizes ``texts`` with pycocoevalcap's PTBTokenizer in ONE Java run.
+
+    Returns, per text, the tokens the toolkit's scorers see (PTB's
+    lower-cased tokens minus its punctuation list). Line breaks inside a text
+    become spaces first (see _LINE_BREAKS). Raises RuntimeError when PTB
+    cannot run or its output does not line up with the input.
+    """
+    return _ptb_tokenize_groups([texts])[0]
+
+
+def _ptb_tokenize_groups(groups: Sequence[Sequence[str]]
+                         ) -> list[list[list[str]]]:
+    """:func:`ptb_tokenize` of each group, all in one Java run, each group
+    tokenized as if it were a file of its own (see _SENTINEL)."""
+    reason = ptb_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"PTB tokenization needs Java and pycocoevalcap, but "
+                           f"{reason}; pass tokenization='builtin' instead.")
+    # Imported here: pycocoevalcap is optional (a test dependency).
+    from pycocoevalcap.tokenizer import ptbtokenizer
+    lines = []
+    for group in groups:
+        lines += [_LINE_BREAKS.sub(" ", text) for text in group] + [_SENTINEL]
+    try:
+        output = ptbtokenizer.PTBTokenizer().tokenize(
+            {i: [{"caption": line}] for i, line in enumerate(lines)})
+    except OSError as error:
+        # It writes its input to a temporary file next to its jar.
+        raise RuntimeError(
+            f"pycocoevalcap's PTBTokenizer failed ({error}); it needs a writable "
+            f"{os.path.dirname(ptbtokenizer.__file__)} and a working `java`. "
+            "Fix that or pass tokenization='builtin'.") from error
+    result, start = [], 0
+    for group in groups:
+        end = start + len(group)  # the index of this group's sentinel
+        if end not in output or output[end][0].split() != _SENTINEL_TOKENS:
+            raise RuntimeError(
+                f"PTBTokenizer returned {len(output)} lines for {len(lines)} "
+                "inputs, or misaligned ones (is `java` working? run `java "
+                "-version`); pass tokenization='builtin' to score without it.")
+        # split(), as the toolkit's scorers do: PTB may join a token's parts
+        # with a non-breaking space ("2 1/2"), which the scorers split again.
+        result.append([output[i][0].split() for i in range(start, end)])
+        start = end + 1
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedCorpus:
+    """A (references, predictions) pair tokenized once, for several metrics.
+
+    Attributes:
+      references: key -> list (one per reference) of token lists.
+      predictions: key -> token list of the prediction; same keys, same order.
+      tokenization: the one that produced them, "ptb" or "builtin".
+    """
+    references: dict
+    predictions: dict
+    tokenization: str
+
+
+def tokenize_corpus(references: Mapping[Hashable, Sequence[str]],
+                    predictions: Mapping[Hashable, str], *,
+                    tokenization: str = "auto") -> TokenizedCorpus:
+    """Validates and tokenizes a corpus: every caption in one PTB run.
+
+    With "ptb" the tokens are exactly those of the official evaluation
+    (pycocoevalcap's ``COCOEvalCap``), which tokenizes all references, then
+    all predictions, each as one file: PTB's tokens for a caption can depend
+    on the caption that follows it, so the order is kept.
+
+    Args:
+      references: key -> list of raw reference captions.
+      predictions: key -> raw predicted caption; same keys as ``references``.
+      tokenization: "auto", "ptb" or "builtin" (see the module docstring).
+
+    Returns:
+      A :class:`TokenizedCorpus` for :func:`bleu_from_tokens` and
+      :func:`cider_d_from_tokens`.
+    """
+    keys = _check_corpus(references, predictions)
+    method = resolve_tokenization(tokenization)
+    ref_texts = [text for key in keys for text in references[key]]
+    pred_texts = [predictions[key] for key in keys]
+    if method == "ptb":
+        ref_tokens, pred_tokens = _ptb_tokenize_groups([ref_texts, pred_texts])
+    else:
+        ref_tokens = [tokenize(text) for text in ref_texts]
+        pred_tokens = [tokenize(text) for text in pred_texts]
+    ref_iter = iter(ref_tokens)
+    refs = {key: [next(ref_iter) for _ in references[key]] for key in keys}
+    return TokenizedCorpus(refs, dict(zip(keys, pred_tokens)), method)
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +406,8 @@ def _check_corpus(references: Mapping[Hashable, Sequence[str]],
     """Validates a (references, predictions) pair and returns the keys in order.
 
     Raises ValueError on an empty corpus, mismatched keys or an item without
-    references, and TypeError when a prediction is not a string; these are
+    references, and TypeError when a prediction or reference is not a str
+    (e.g. undecoded bytes); these are
     caller bugs that would otherwise give a silently wrong score.
     """
     if not predictions:
@@ -105,6 +426,11 @@ def _check_corpus(references: Mapping[Hashable, Sequence[str]],
         if isinstance(refs, str) or len(refs) == 0:
             raise ValueError(
                 f"references[{key!r}] must be a non-empty list of strings.")
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise TypeError(f"references[{key!r}] holds a "
+                                f"{type(ref).__name__}, not a str; decode "
+                                "bytes first (pipeline.decode_text).")
     return keys
 
 
@@ -135,7 +461,24 @@ def _closest_length(ref_lengths: Sequence[int], hyp_length: int) -> int:
 
 def bleu(references: Mapping[Hashable, Sequence[str]],
          predictions: Mapping[Hashable, str],
-         n: int = 4) -> list[float]:
+         n: int = 4, *, tokenization: str = "auto") -> list[float]:
+    """Corpus-level BLEU-1..n of raw captions: :func:`tokenize_corpus`, then
+    :func:`bleu_from_tokens`.
+
+    Args:
+      references: key -> list of raw reference captions.
+      predictions: key -> raw predicted caption; same keys as ``references``.
+      n: highest n-gram order.
+      tokenization: "auto", "ptb" or "builtin" (see the module docstring).
+
+    Returns:
+      ``[BLEU-1, ..., BLEU-n]``.
+    """
+    return bleu_from_tokens(
+        tokenize_corpus(references, predictions, tokenization=tokenization), n)
+
+
+def bleu_from_tokens(corpus: TokenizedCorpus, n: int = 4) -> list[float]:
     """Corpus-level BLEU-1..n, as pycocoevalcap's ``Bleu(n).compute_score``.
 
     Clipped n-gram matches and candidate n-gram totals are summed over the
@@ -144,21 +487,18 @@ def bleu(references: Mapping[Hashable, Sequence[str]],
     items, of the reference length closest to each candidate.
 
     Args:
-      references: key -> list of raw reference captions.
-      predictions: key -> raw predicted caption; same keys as ``references``.
+      corpus: the tokenized captions (:func:`tokenize_corpus`).
       n: highest n-gram order.
 
     Returns:
       ``[BLEU-1, ..., BLEU-n]``.
     """
-    keys = _check_corpus(references, predictions)
     matches = [0] * n   # clipped matching k-grams, summed over the corpus
     totals = [0] * n    # candidate k-grams, summed over the corpus
     hyp_length_sum = 0
     ref_length_sum = 0
-    for key in keys:
-        hyp = tokenize(predictions[key])
-        refs = [tokenize(ref) for ref in references[key]]
+    for key, hyp in corpus.predictions.items():
+        refs = corpus.references[key]
         hyp_counts = _ngram_counts(hyp, n)
         # A candidate n-gram is credited at most as often as it occurs in any
         # single reference.
@@ -237,7 +577,28 @@ def _clipped_cosine(hyp_vec: dict, ref_vec: dict,
 def cider_d(references: Mapping[Hashable, Sequence[str]],
             predictions: Mapping[Hashable, str],
             n: int = 4,
-            sigma: float = 6.0) -> tuple[float, dict]:
+            sigma: float = 6.0, *,
+            tokenization: str = "auto") -> tuple[float, dict]:
+    """CIDEr-D of raw captions: :func:`tokenize_corpus`, then
+    :func:`cider_d_from_tokens`.
+
+    Args:
+      references: key -> list of raw reference captions.
+      predictions: key -> raw predicted caption; same keys as ``references``.
+      n: highest n-gram order.
+      sigma: width of the length penalty.
+      tokenization: "auto", "ptb" or "builtin" (see the module docstring).
+
+    Returns:
+      ``(corpus score, {key: item score})``.
+    """
+    return cider_d_from_tokens(
+        tokenize_corpus(references, predictions, tokenization=tokenization),
+        n, sigma)
+
+
+def cider_d_from_tokens(corpus: TokenizedCorpus, n: int = 4,
+                        sigma: float = 6.0) -> tuple[float, dict]:
     """CIDEr-D, as pycocoevalcap's ``Cider().compute_score``.
 
     For each item and each reference: per n-gram order 1..n, the clipped
@@ -248,8 +609,7 @@ def cider_d(references: Mapping[Hashable, Sequence[str]],
     whole set (a single-item set always scores 0).
 
     Args:
-      references: key -> list of raw reference captions.
-      predictions: key -> raw predicted caption; same keys as ``references``.
+      corpus: the tokenized captions (:func:`tokenize_corpus`).
       n: highest n-gram order.
       sigma: width of the length penalty.
 
@@ -257,9 +617,9 @@ def cider_d(references: Mapping[Hashable, Sequence[str]],
       ``(corpus score, {key: item score})``; the corpus score is the mean of
       the item scores.
     """
-    keys = _check_corpus(references, predictions)
-    hyp_tokens = [tokenize(predictions[key]) for key in keys]
-    ref_tokens = [[tokenize(ref) for ref in references[key]] for key in keys]
+    keys = list(corpus.predictions)
+    hyp_tokens = [corpus.predictions[key] for key in keys]
+    ref_tokens = [corpus.references[key] for key in keys]
     hyp_counts = [_ngram_counts(tokens, n) for tokens in hyp_tokens]
     ref_counts = [[_ngram_counts(tokens, n) for tokens in refs]
                   for refs in ref_tokens]

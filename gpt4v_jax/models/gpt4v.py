@@ -242,9 +242,10 @@ def _image_valid(image_mask, batch, n):
   return jnp.broadcast_to(image_mask.astype(bool)[:, None], (batch, n))
 
 
-def build_model(cfg, code_ids=(0, 0), num_code_positions=0):
-  """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py); code_ids and
-  num_code_positions: see `Decoder` (text-to-image objectives set them)."""
+def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int = 64):
+  """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py) for square images
+  of `image_size` pixels (config.data.image_size); code_ids and num_code_positions: see
+  `Decoder` (text-to-image objectives set them)."""
   dtype = jnp.dtype(cfg.dtype)
   if cfg.encoder not in ("vit", "cnn"):
     raise ValueError(f"config.model.encoder={cfg.encoder!r}: expected 'vit' or 'cnn'.")
@@ -252,7 +253,8 @@ def build_model(cfg, code_ids=(0, 0), num_code_positions=0):
   stem = cfg.vit_stem
   if cfg.encoder == "cnn":  # The ResNet stem alone: a CNN with the variant's width and stride.
     encoder["depth"], stem = 0, "resnet"
-  vit = ViT(**encoder, stem=stem, stem_blocks=cfg.vit_stem_blocks, remat=cfg.remat,
+  vit = ViT(**encoder, image_size=image_size, stem=stem, stem_blocks=cfg.vit_stem_blocks,
+            remat=cfg.remat,
             scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
   decoder = Decoder(
       vocab_size=cfg.vocab_size,

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt4v_jax.data import shapes
-from gpt4v_jax.data.pipeline import decode_image, image_to_float
+from gpt4v_jax.data import datasets, images
 from gpt4v_jax.evals import scene_parser
 from gpt4v_jax.models import vqvae
 
@@ -28,7 +27,8 @@ def build_vqvae(model_config) -> vqvae.VQVAE:
 
 
 def to_uint8(images: jax.Array) -> jax.Array:
-  """[..., 3] float about [-1, 1] -> uint8 [0, 255], as pipeline.image_to_float inverted."""
+  """[..., 3] float about [-1, 1] -> uint8 [0, 255], as images.normalize("minus_one_to_one")
+  inverted."""
   return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
@@ -47,8 +47,9 @@ class VQVAEObjective:
   name = "vqvae"
   log_keys = ("psnr", "perplexity")
 
-  def __init__(self, *, beta: float, num_codes: int):
+  def __init__(self, *, beta: float, num_codes: int, preprocess: images.Preprocess):
     self.beta = beta
+    self.preprocess = preprocess
     self.num_codes = num_codes
 
   def build_model(self, model_config) -> vqvae.VQVAE:
@@ -58,23 +59,22 @@ class VQVAEObjective:
     """Model FLOPs of one image's forward and backward pass (3x the forward's; frozen parts
     are counted as trained: freezing is for GPT4V's encoder)."""
     del frozen
-    return 3 * model.forward_flops(shapes.IMAGE_SIZE)
+    return 3 * model.forward_flops(self.preprocess.size)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    s = shapes.IMAGE_SIZE
+    s = self.preprocess.size
     return dict(image=jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
                 truncated=jax.ShapeDtypeStruct((batch_size,), jnp.int32),
                 skipped=jax.ShapeDtypeStruct((batch_size,), jnp.int32))
 
   def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Data-source example -> {image [H, W, 3] float32, truncated [] int32 (always 0)}.
-    Raises BadExample for an image that does not decode or has the wrong size."""
-    del rng
-    image = decode_image(example["image"], shapes.IMAGE_SIZE)
-    return dict(image=image_to_float(image), truncated=np.int32(0))
+    """Standard example -> {image [S, S, 3] float32, truncated [] int32 (always 0)}.
+    Raises BadExample for a missing image or one that does not decode."""
+    return dict(image=datasets.example_image(example, self.preprocess, rng),
+                truncated=np.int32(0))
 
   def init_variables(self, model: vqvae.VQVAE, rng: jax.Array) -> dict:
-    s = shapes.IMAGE_SIZE
+    s = self.preprocess.size
     return model.init({"params": rng}, jnp.zeros((1, s, s, 3)))
 
   def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
@@ -87,11 +87,10 @@ class VQVAEObjective:
     return loss, metrics, dict(model_state, vq_stats=stats) if stats else model_state
 
   def eval_items(self, example: dict) -> list[tuple[dict[str, np.ndarray], dict]]:
-    """Data-source example -> its one item: ({image}, {id, image (uint8), scene objects})."""
-    image = decode_image(example["image"], shapes.IMAGE_SIZE)
-    return [(dict(image=image_to_float(image)),
-             dict(id=str(example["id"]), image=image,
-                  objects=shapes.example_scene(example)))]
+    """Standard example -> its one item: ({image}, {id, image (uint8), scene objects})."""
+    image = datasets.example_image(example, self.preprocess)
+    return [(dict(image=image), dict(id=str(example["id"]), image=images.to_uint8(image, self.preprocess.normalize),
+                                     objects=example["scene"]))]
 
   def predict(self, model, params, model_state: dict, inputs: dict) -> dict[str, jax.Array]:
     """{image: reconstructions [batch, H, W, 3] uint8, codes: [batch, h, w] int32}."""

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt4v_jax import decode
-from gpt4v_jax.data import shapes
 from gpt4v_jax.models.gpt4v import build_model
 
 
@@ -105,8 +104,9 @@ def next_token_loss(logits: jax.Array, targets: jax.Array,
 
 class PrefixLMObjective:
   """The train loop's and evaluator's interface, for objectives that predict tokens after an
-  image and a prompt with `GPT4V`. A subclass sets `name`, `tokenizer`, `max_text_len`,
-  `prompt_len` and `max_new_tokens`, and defines `train_example` (data-source example -> one
+  image and a prompt with `GPT4V`. A subclass sets `name`, `tokenizer`, `preprocess` (the
+  `images.Preprocess` its images go through), `max_text_len`, `prompt_len` and
+  `max_new_tokens`, and defines `train_example` (data-source example -> one
   row of `batch_spec`'s fields), `eval_items` (example -> [(decode inputs, info)]) and `score`
   (infos, predictions -> metrics, records).
   """
@@ -115,12 +115,12 @@ class PrefixLMObjective:
   runs_images = True
 
   def build_model(self, model_config) -> Any:
-    return build_model(model_config)
+    return build_model(model_config, image_size=self.preprocess.size)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of one training batch: `train_example`'s rows stacked, plus the pipeline's
     `skipped`."""
-    b, t, s = batch_size, self.max_text_len, shapes.IMAGE_SIZE
+    b, t, s = batch_size, self.max_text_len, self.preprocess.size
     return dict(image=jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
                 truncated=jax.ShapeDtypeStruct((b,), jnp.int32),
                 skipped=jax.ShapeDtypeStruct((b,), jnp.int32),
@@ -139,7 +139,7 @@ class PrefixLMObjective:
 
   def init_variables(self, model, rng: jax.Array) -> dict:
     """The model's variables (boxed, with logical axis names), from dummy inputs."""
-    t, s = self.max_text_len, shapes.IMAGE_SIZE
+    t, s = self.max_text_len, self.preprocess.size
     return model.init({"params": rng}, jnp.zeros((1, s, s, 3)), jnp.zeros((1, t), jnp.int32),
                       jnp.zeros((1, t), jnp.int32), jnp.ones((1, t), bool))
 

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt4v_jax import sampling
-from gpt4v_jax.data import shapes
-from gpt4v_jax.data.pipeline import decode_image, decode_text, image_to_float
-from gpt4v_jax.data.tokenizer import BOI_ID, EOI_ID, TASK_IDS, Tokenizer
+from gpt4v_jax.data import datasets, images
+from gpt4v_jax.data.pipeline import decode_text
+from gpt4v_jax.data.tokenizer import Tokenizer
 from gpt4v_jax.evals import scene_parser
 from gpt4v_jax.models import gpt4v
 from gpt4v_jax.objectives import prefix_lm
@@ -33,7 +33,8 @@ from gpt4v_jax.objectives.image_tokenizer import to_uint8
 
 
 class TextToImageObjective(prefix_lm.PrefixLMObjective):
-  """How a shapes example becomes a caption -> code-tokens row, a drawing prompt, a score."""
+  """How an example becomes a caption -> code-tokens row, a drawing prompt, and (for shapes,
+  whose scenes the scene parser reads back from pixels) a score."""
   name = "text_to_image"
   runs_images = False
 
@@ -41,7 +42,8 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                max_caption_len: int, caption_dropout: float, cfg_scale: float,
                eval_cfg_scales: tuple[float, ...], temperature: float, top_k: int,
                top_p: float, seed: int, code_order: str, code_positions: bool,
-               code_embedding_init: str, max_text_len: int | None = None):
+               code_embedding_init: str, preprocess: images.Preprocess,
+               max_text_len: int | None = None):
     """code_order: "rows" writes the code grid row by row (raster order), "columns" column
     by column, left to right: the order in which captions list the objects.
     code_positions: the model adds a learned embedding of each code's grid cell to its
@@ -59,8 +61,9 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     self.code_embedding_init = code_embedding_init
     self.code_positions = code_positions
     self.tokenizer = tokenizer
+    self.preprocess = preprocess
     self.vq_model, self.vq_variables = vq_model, vq_variables
-    self.grid_side = shapes.IMAGE_SIZE // vq_model.downsample
+    self.grid_side = preprocess.size // vq_model.downsample
     self.num_codes, self.num_image_codes = vq_model.num_codes, self.grid_side**2
     self.code_offset = tokenizer.vocab_size
     self.max_caption_len = max_caption_len
@@ -82,14 +85,16 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
   def _prompt_ids(self, caption: str) -> tuple[list[int], bool]:
     """(`[t2i] caption [BOI]` ids, whether the caption had to be cut to max_caption_len)."""
     ids = self.tokenizer.encode(caption)
-    return [TASK_IDS["text_to_image"]] + ids[:self.max_caption_len] + [BOI_ID], (
+    t = self.tokenizer
+    return [t.task_ids["text_to_image"]] + ids[:self.max_caption_len] + [t.boi_id], (
         len(ids) > self.max_caption_len)
 
   def build_model(self, model_config):
     """`GPT4V` whose decoder knows the code tokens' ids, for code position embeddings."""
     return gpt4v.build_model(
         model_config, code_ids=(self.code_offset, self.code_offset + self.num_codes),
-        num_code_positions=self.num_image_codes if self.code_positions else 0)
+        num_code_positions=self.num_image_codes if self.code_positions else 0,
+        image_size=self.preprocess.size)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """prefix_lm's rows plus `code_start` [batch] int32: where the codes go in `text`."""
@@ -97,21 +102,21 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                 code_start=jax.ShapeDtypeStruct((batch_size,), jnp.int32))
 
   def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Data-source example -> a row whose code slots hold placeholders (filled in the train
+    """Standard example -> a row whose code slots hold placeholders (filled in the train
     step, from the image): {image, text/ar_mask/... [max_text_len], code_start, truncated}.
 
-    Raises BadExample for an image that does not decode or has the wrong size, and for a
-    missing, empty or non-UTF-8 caption.
+    Raises BadExample for a missing image or one that does not decode, and for a missing,
+    empty or non-UTF-8 caption.
     """
-    image = decode_image(example["image"], shapes.IMAGE_SIZE)
+    image = datasets.example_image(example, self.preprocess, rng)
     caption = random_caption(example, rng)
     if rng.random() < self.caption_dropout:
       caption = ""
     prompt, truncated = self._prompt_ids(caption)
     t = self.tokenizer
     row, _ = prefix_lm.make_row(prompt, [0] * self.num_image_codes, bos_id=t.bos_id,
-                                eos_id=EOI_ID, pad_id=t.pad_id, max_len=self.max_text_len)
-    return dict(image=image_to_float(image), truncated=np.int32(truncated),
+                                eos_id=t.eoi_id, pad_id=t.pad_id, max_len=self.max_text_len)
+    return dict(image=image, truncated=np.int32(truncated),
                 code_start=np.int32(1 + len(prompt)), **row)
 
   def init_variables(self, model, rng: jax.Array) -> dict:
@@ -130,7 +135,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     """The row's (without images, the decoder's alone), plus the frozen tokenizer's
     encoding of its image (forward only)."""
     return (super().train_flops_per_example(model, frozen)
-            + self.vq_model.forward_flops(shapes.IMAGE_SIZE, decode=False))
+            + self.vq_model.forward_flops(self.preprocess.size, decode=False))
 
   def loss(self, model, params, model_state: dict, batch: dict, rng: jax.Array,
            deterministic: bool) -> tuple[jax.Array, dict, dict]:
@@ -150,7 +155,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     return loss, aux, model_state
 
   def eval_items(self, example: dict) -> list[tuple[dict[str, np.ndarray], dict]]:
-    """Data-source example -> its one item: ({prompt from the first caption, its mask,
+    """Standard example -> its one item: ({prompt from the first caption, its mask,
     uncond_prompt, uncond_mask, seed}, {id, caption, objects: the scene, left to right})."""
     caption = decode_text(example["captions"][0], "caption")
     t = self.tokenizer
@@ -158,7 +163,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                                    pad_id=t.pad_id, max_len=self.prompt_len)
     uncond = prefix_lm.make_prompt(self._prompt_ids("")[0], bos_id=t.bos_id,
                                    pad_id=t.pad_id, max_len=3)
-    objects = sorted(shapes.example_scene(example), key=lambda o: o["x"])
+    objects = sorted(example["scene"], key=lambda o: o["x"])
     return [(dict(**prompt, uncond_prompt=uncond["prompt"],
                   uncond_mask=uncond["prompt_mask"], seed=np.int32(example["id"])),
              dict(id=str(example["id"]), caption=caption, objects=objects))]
@@ -174,7 +179,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     for scale in self.cfg_scales:
       tokens = sampling.sample(
           model, params, rng, None, inputs["prompt"], inputs["prompt_mask"],
-          self.num_image_codes, eos_id=EOI_ID, pad_id=self.tokenizer.pad_id,
+          self.num_image_codes, eos_id=self.tokenizer.eoi_id, pad_id=self.tokenizer.pad_id,
           allowed_tokens=allowed,
           uncond_prompt=inputs["uncond_prompt"], uncond_prompt_mask=inputs["uncond_mask"],
           cfg_scale=scale, **self.sampling)
