@@ -55,7 +55,9 @@ def main(argv):
   rows = {name: final_eval(workdir, _SPLIT.value) for name, workdir in
           (("folder", _FOLDER.value), ("embedded", _EMBEDDED.value))}
   scores = {name: score(e["predictions"]) for name, e in rows.items()}
-  same = rows["folder"]["predictions"] == rows["embedded"]["predictions"]
+  # Ids differ (a folder's are file names); what each run predicted is compared in order.
+  predicted = {name: [r["prediction"] for r in e["predictions"]] for name, e in rows.items()}
+  same = predicted["folder"] == predicted["embedded"]
   print(f"| run | step | examples | {' | '.join(scores['folder'])} |")
   print("|---|---|---|" + "---|" * len(scores["folder"]))
   for name, e in rows.items():

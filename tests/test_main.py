@@ -57,6 +57,9 @@ def test_few_step_run_trains_evaluates_and_resumes(tmp_path, run_main, tiny_run)
      "config.train.microbatches=4 is not divisible by the mesh's"),
     (["--config.optimizer.frozen=('vti',)"], "config.optimizer.frozen=('vti',)"),
     (["--config.model.remat=some"], "config.model.remat='some'"),
+    (["--config.data.name=imagenet"], "config.data.name='imagenet'"),
+    (["--config.data.image_size=0"], "config.data.image_size=0"),
+    (["--config.evals.final_splits=('dev',)"], "config.evals.final_splits: ['dev'] are not"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, run_main, args, message):
   r = run_main(f"--workdir={tmp_path / 'run'}", *args)

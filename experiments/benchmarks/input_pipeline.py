@@ -14,7 +14,7 @@ from absl import app, flags
 from configs import shapes_vqa
 from experiments.benchmarks import common, train_step
 from gpt4v_jax import perf, train
-from gpt4v_jax.data import shapes
+from gpt4v_jax.data import datasets
 from gpt4v_jax.objectives import mixture
 
 _OBJECTIVES = flags.DEFINE_list("objectives", ["caption", "vqa"], "caption | vqa")
@@ -30,8 +30,8 @@ def main(argv):
   for name in _OBJECTIVES.value:
     config = {"caption": common.model_config("default"), "vqa": shapes_vqa.get_config()}[name]
     objective = train.make_objective(config)
-    builder = shapes.load_builder(_DATA_DIR.value, _BUILDER_CONFIG.value)
-    source = shapes.encoded_sources(builder)["train"]
+    config.data.update(data_dir=_DATA_DIR.value, builder_config=_BUILDER_CONFIG.value)
+    source = datasets.open_splits(config.data)["train"]
     batch = config.data.global_batch_size
     it = iter(mixture.train_dataset(
         objective, source, seed=0, global_batch_size=batch, process_index=0, process_count=1,

@@ -45,12 +45,19 @@ NAMES = ("shapes", "folder", "coco_captions", "vqav2")
 
 def preprocess(data: ml_collections.ConfigDict) -> images.Preprocess:
   """The image preprocessing `config.data` states (size, resize policy, normalisation,
-  train-time augmentation)."""
-  return images.Preprocess(
-      size=data.image_size, resize=data.resize, normalize=data.normalize,
-      max_pixels=data.max_pixels,
-      random_resized_crop=tuple(data.random_resized_crop) if data.random_resized_crop else False,
-      hflip=data.hflip)
+  train-time augmentation); a bad setting is a ValueError naming its config key."""
+  try:
+    return images.Preprocess(
+        size=data.image_size, resize=data.resize, normalize=data.normalize,
+        max_pixels=data.max_pixels,
+        random_resized_crop=(tuple(data.random_resized_crop) if data.random_resized_crop
+                             else False),
+        hflip=data.hflip)
+  except ValueError as e:  # "Preprocess.size=0: ..." -> "config.data.image_size=0: ..."
+    message = str(e).removeprefix("Preprocess.")
+    if message.startswith("size="):
+      message = "image_size=" + message.removeprefix("size=")
+    raise ValueError(f"config.data.{message}") from None
 
 
 def open_splits(data: ml_collections.ConfigDict) -> dict[str, Any]:
