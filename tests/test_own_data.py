@@ -312,3 +312,36 @@ def test_summarization_joins_a_mixture(tiny_sources):
   loss, metrics, _ = jax.eval_shape(
       lambda p: objective.loss(model, p, {}, batch, jax.random.key(1), True), params)
   assert loss.shape == () and "prompt/loss" in metrics
+
+
+def test_a_text_only_row_beside_image_rows_is_the_decoder_alone(folder, tmp_path):
+  """The prompt objective on a folder: a row without an image (its slots hidden) gets the
+  logits of the decoder run on its text alone, while the image row beside it sees its image."""
+  import flax.linen as nn
+  import jax
+  config = _tiny(folder_caption, folder, str(tmp_path))
+  config.objective = dict(kind="prompt", max_text_len=40, max_prompt_len=16,
+                          metric="exact_match", use_images=True)
+  objective = train.make_objective(config)
+  source = datasets.open_splits(config.data)["train"]
+  text_only = next(source[i] for i in range(len(source)) if source[i]["prompts"])
+  with_image = dict(source[0], prompts=[b"what is it?"], targets=[b"noise"])
+  rows = [objective.train_example(ex, np.random.default_rng(0))
+          for ex in (text_only, with_image)]
+  assert [bool(r["has_image"]) for r in rows] == [False, True]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  model = objective.build_model(config.model)
+  params = jax.jit(lambda key: nn.unbox(objective.init_variables(model, key)))(
+      jax.random.key(0))["params"]
+  forward = jax.jit(lambda images, text, ar, valid, mask: model.apply(
+      {"params": params}, images, text, ar, valid, image_mask=mask))
+  apply = lambda images, b, image_mask=None: forward(images, b["text"], b["ar_mask"],
+                                                     b["input_mask"], image_mask)
+  both = apply(batch["image"], batch, image_mask=batch["has_image"])
+  alone = apply(None, {k: v[:1] for k, v in batch.items()})
+  seen = apply(batch["image"][1:], {k: v[1:] for k, v in batch.items()})
+  valid = batch["input_mask"]  # Padding's logits are never read.
+  np.testing.assert_allclose(both[0][valid[0]], alone[0][valid[0]], atol=2e-5)
+  np.testing.assert_allclose(both[1][valid[1]], seen[0][valid[1]], atol=2e-5)
+  assert np.abs(both[1][valid[1]] - apply(None, {k: v[1:] for k, v in batch.items()})[0][
+      valid[1]]).max() > 1e-3  # The image row's logits do depend on its image.
