@@ -345,3 +345,15 @@ def test_a_text_only_row_beside_image_rows_is_the_decoder_alone(folder, tmp_path
   np.testing.assert_allclose(both[1][valid[1]], seen[0][valid[1]], atol=2e-5)
   assert np.abs(both[1][valid[1]] - apply(None, {k: v[1:] for k, v in batch.items()})[0][
       valid[1]]).max() > 1e-3  # The image row's logits do depend on its image.
+
+
+def test_coco_run_trains_and_evaluates(run_main, tmp_path):
+  """COCO's layout through main: the tiny caption model (the folder run's program, so its
+  compilation is cached), its splits train and val."""
+  _coco(str(tmp_path / "coco"))
+  workdir = tmp_path / "run"
+  r = run_main(f"--workdir={workdir}", f"--config.data.path={tmp_path / 'coco'}",
+               f"--config.data.data_dir={tmp_path / 'data'}", config="coco_captions.py:tiny")
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["val"]["num_examples"] == 16 and "cider_d" in results["val"]
