@@ -221,7 +221,10 @@ def test_configs_saved_before_keys_were_added_load_with_their_old_behaviour(tmp_
   old = json.loads(json.dumps(config))
   for section, name in (("optimizer", "frozen"), ("train", "microbatches"), ("model", "fusion"),
                         ("model", "scan_layers"), ("model", "encoder"),
-                        ("objective", "max_question_len"), ("objective", "questions_per_row")):
+                        ("objective", "max_question_len"), ("objective", "questions_per_row"),
+                        *(("data", k) for k in ("name", "path", "image_size", "resize",
+                                                "normalize", "max_pixels",
+                                                "random_resized_crop", "hflip"))):
     del old[section][name]
   del old["init"]
   old["model"]["remat"] = False
