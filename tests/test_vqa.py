@@ -75,6 +75,16 @@ def test_bad_questions_are_bad_examples(obj, overrides, message):
     obj.eval_items(_example(**overrides))
 
 
+def test_unknown_question_and_answer_types_are_empty_not_bad(obj):
+  """A folder row may give a question_type and no answer_type (a shapes export does)."""
+  example = _example(question_types=[b"", b"count"], answer_types=[b"", b""])
+  obj.train_example(example, np.random.default_rng(0))
+  infos = [info for _, info in obj.eval_items(example)]
+  assert [(i["qtype"], i["atype"]) for i in infos] == [("", ""), ("count", "")]
+  with pytest.raises(BadExample, match="answer type is not UTF-8"):
+    obj.eval_items(_example(answer_types=[b"\xff", b""]))
+
+
 def test_every_generated_question_fits_the_default_row(obj):
   """max_text_len is the measured bound: no question of any split is cut or rejected."""
   for split in shapes.SPLITS:

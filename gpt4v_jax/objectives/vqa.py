@@ -24,6 +24,11 @@ from gpt4v_jax.evals import vqa_metrics
 from gpt4v_jax.objectives import prefix_lm
 
 
+def _label(value, what: str) -> str:
+  """A question or answer type as str; "" (unknown) is allowed, non-UTF-8 is a BadExample."""
+  return decode_text(value, what) if len(value) else ""
+
+
 class VQAObjective(prefix_lm.PrefixLMObjective):
   """How an example becomes a question-answering training row, one decoding prompt per
   question, and a score."""
@@ -55,7 +60,7 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
     question of a standard example ("" for an unknown type).
 
     Raises BadExample if there are none, the lists differ in length, a question has no
-    answer, or a text is empty or not UTF-8.
+    answer, a question or answer is empty, or a text is not UTF-8 (a type may be "").
     """
     questions, answers = example["questions"], example["answers"]
     qtypes, atypes = example["question_types"], example["answer_types"]
@@ -70,8 +75,8 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
       refs = [decode_text(a, "answer") for a in refs]
       out.append(dict(question=decode_text(q, "question"), answers=refs,
                       answer=collections.Counter(refs).most_common(1)[0][0],
-                      qtype=decode_text(qtypes[i], "question type") if len(qtypes) else "",
-                      atype=decode_text(atypes[i], "answer type") if len(atypes) else ""))
+                      qtype=_label(qtypes[i], "question type") if len(qtypes) else "",
+                      atype=_label(atypes[i], "answer type") if len(atypes) else ""))
     return out
 
   def _prompt_ids(self, question: str) -> list[int]:
