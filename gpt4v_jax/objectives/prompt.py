@@ -40,8 +40,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     self.tokenizer = tokenizer
     self.preprocess = preprocess
     self.metric = metric
-    self.use_images = use_images
-    self.runs_images = use_images
+    self.runs_images = use_images  # Whether the loss runs the model with images at all.
     self.max_text_len = max_text_len
     self.max_prompt_len = max_prompt_len
     self.prompt_len = 2 + max_prompt_len  # BOS, task token, prompt.
@@ -73,7 +72,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     """(image [S, S, 3] float32 or None, whether the row shows it): rows without an image
     file show none; a file that is missing or does not decode is a BadExample."""
     has_file = len(example["image"]) > 0 or bool(example.get("image_path"))
-    if not self.use_images:
+    if not self.runs_images:
       return None, False
     if not has_file:
       s = self.preprocess.size
@@ -84,7 +83,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     """prefix_lm's rows plus `has_image` [batch] bool; no `image` without images."""
     spec = dict(super().batch_spec(batch_size),
                 has_image=jax.ShapeDtypeStruct((batch_size,), jnp.bool_))
-    if not self.use_images:
+    if not self.runs_images:
       del spec["image"]
     return spec
 
@@ -108,7 +107,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     without an image have theirs hidden."""
     logits = model.apply({"params": params}, batch.get("image"), batch["text"],
                          batch["ar_mask"], batch["input_mask"], deterministic=deterministic,
-                         image_mask=batch["has_image"] if self.use_images else None,
+                         image_mask=batch["has_image"] if self.runs_images else None,
                          rngs={"dropout": rng})
     loss, aux = prefix_lm.next_token_loss(logits, batch["targets"], batch["loss_mask"])
     return loss, aux, model_state
@@ -135,7 +134,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     return decode.greedy_decode(model, params, inputs.get("image"), inputs["prompt"],
                                 inputs["prompt_mask"], max_new_tokens=self.max_new_tokens,
                                 eos_id=t.eos_id, pad_id=t.pad_id,
-                                image_mask=inputs["has_image"] if self.use_images else None)
+                                image_mask=inputs["has_image"] if self.runs_images else None)
 
   def score(self, items: list[dict], predictions: list[str]) -> tuple[dict, list[dict]]:
     """`exact_match` (stripped strings) and, with metric="rouge", the mean ROUGE-1/2/L
