@@ -41,7 +41,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 import numpy as np
@@ -127,21 +127,23 @@ def to_example(record: dict) -> dict:
 class ExampleSource:
   """Random access to one split's standard examples (len(src), src[i]; grain-compatible).
 
-  Wraps a TFDS data source of records (`builder.as_data_source()[split]`).
+  Wraps a TFDS data source of records (`builder.as_data_source()[split]`), each turned into a
+  standard example by `convert`: `to_example` for this module's schema (shapes passes its own).
   """
 
-  def __init__(self, records: Sequence[dict]):
+  def __init__(self, records: Sequence[dict], convert: Callable[[dict], dict] = to_example):
     self.records = records
+    self._convert = convert
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict:
-    return to_example(self.records[index])
+    return self._convert(self.records[index])
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
     """Batched reads (one array_record lookup for many records), as grain and PyTorch use."""
-    return [to_example(r) for r in self.records.__getitems__(indices)]
+    return [self._convert(r) for r in self.records.__getitems__(indices)]
 
   def __repr__(self) -> str:
     return f"ExampleSource({self.records!r})"

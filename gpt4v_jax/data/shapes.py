@@ -45,7 +45,7 @@ import PIL.Image
 import PIL.ImageDraw
 import tensorflow_datasets as tfds
 
-from gpt4v_jax.data import tokenizer
+from gpt4v_jax.data import records, tokenizer
 
 # ----------------------------------------------------------------------------
 # Scene language.
@@ -674,19 +674,6 @@ def make_standard_example(seed: int, split: str, index: int) -> dict:
   return standard_example(_to_tfds_features(example), example["objects"])
 
 
-class _StandardSource:
-  """A split's data source whose examples come out as `standard_example`s."""
-
-  def __init__(self, source: Any):
-    self._source = source
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict:
-    return standard_example(self._source[index])
-
-
 def encoded_sources(builder: Shapes) -> dict[str, Any]:
   """Every split's source of standard examples, with images left as PNG bytes.
 
@@ -694,4 +681,5 @@ def encoded_sources(builder: Shapes) -> dict[str, Any]:
   decode is a bad example it can count and skip, not an exception inside the data source.
   """
   sources = builder.as_data_source(decoders={"image": tfds.decode.SkipDecoding()})
-  return {split: _StandardSource(source) for split, source in sources.items()}
+  return {split: records.ExampleSource(source, standard_example)
+          for split, source in sources.items()}

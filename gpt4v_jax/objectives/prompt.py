@@ -71,10 +71,9 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
   def _image(self, example: dict, rng=None) -> tuple[np.ndarray | None, bool]:
     """(image [S, S, 3] float32 or None, whether the row shows it): rows without an image
     file show none; a file that is missing or does not decode is a BadExample."""
-    has_file = len(example["image"]) > 0 or bool(example.get("image_path"))
     if not self.runs_images:
       return None, False
-    if not has_file:
+    if not len(example["image"]) and not example.get("image_path"):  # No file at all.
       s = self.preprocess.size
       return np.zeros((s, s, 3), np.float32), False
     return datasets.example_image(example, self.preprocess, rng), True
