@@ -24,6 +24,7 @@ CORE = [
     "rouge-score==0.1.2",  # Summaries' ROUGE-1/2/L (objectives/prompt.py).
     # Captions' official PTB tokenization (needs Java; the built-in tokenizer otherwise).
     "pycocoevalcap==1.2",
+    "safetensors==0.8.0",  # Exported model directories' params (gpt4v_jax/model_dir.py).
 ]
 TEST = ["pytest==9.2.0",
         # tests/test_colabs.py runs the notebooks headless.

@@ -48,8 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # image tokens into that many learned latents (Flamingo); 0: none.
       resampler_latents=0, resampler_depth=1,
       vocab_size=128,  # 75 tokenizer ids, padded to a multiple of 128 for sharding.
-      # Two decoder layers learn as much per example as four (validation F1 0.25 vs 0.24 after
-      # 600 steps) at 57% of the step FLOPs, so 20 minutes buy 1.5x the examples.
+      # Two decoder layers learn as much per example as four at 57% of the step FLOPs, so the
+      # time buys more examples (measured: docs/experiments.md, docs/caption.md).
       width=128, depth=2, mlp_dim=512, num_heads=4, num_kv_heads=2, mlp_type="gelu",
       tie_embeddings=True, rope_base=10000.0, remat="none", scan_layers=False,
       dtype="float32", dropout=0.0)
@@ -70,8 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # skip_nonfinite_updates: False stops the run at a NaN/Inf step; True skips its update
   # (counted in train/nonfinite_steps). microbatches: gradient accumulation over that many
   # slices of the batch per update.
-  # With word tokens a step takes ~65 ms on 2 idle cores (byte rows: 270 ms) and learns as
-  # much (validation F1 0.75 after 3,000 steps either way), so the run is 10,000 steps.
+  # Word-token rows make a step ~4x cheaper than byte rows and learn as much per step, so
+  # the ~12-minute CPU run affords 10,000 steps (timings and results: docs/caption.md).
   c.train = dict(steps=10000, log_every=100, checkpoint_every=2000, keep_checkpoints=2,
                  skip_nonfinite_updates=False, microbatches=1)
   c.evals = dict(every=2000, during_splits=("validation",), during_num_examples=200,

@@ -25,15 +25,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Rows: [BOS][t2i] caption (<= 23 tokens, every caption fits) [BOI] 64 codes [EOI].
   # caption_dropout: the share of rows without their caption, for classifier-free guidance.
   # code_order "columns": the decoder writes the 8x8 code grid column by column, left to
-  # right, the order in which captions list the objects (validation overall after 4,000
-  # steps, 200 captions: 0.33 against 0.28 row by row, at temperature 0.7 and scale 2).
+  # right, the order in which captions list the objects (better than row order).
   # Evaluation samples with temperature/top_k/top_p at each of eval_cfg_scales; cfg_scale
-  # is the one whose metrics are reported unprefixed. Chosen on the default run's final
-  # checkpoint, 1,000 validation captions, overall at scales 1.5/1.75/2: temperature 0.85
-  # 0.756/0.722/0.655, 0.7 0.770/0.776/0.704, 0.6 0.765/0.795/0.737, 0.5 0.701/0.805/0.776;
-  # hence 0.5 at 1.75.
-  # code_embedding_init "codebook": code embeddings start from the VQ-VAE's codebook
-  # (validation overall after 3,000 steps 0.426 against 0.351 from a random init).
+  # is the one whose metrics are reported unprefixed. Temperature 0.5 at scale 1.75 was the
+  # best pair on validation captions.
+  # code_embedding_init "codebook": code embeddings start from the VQ-VAE's codebook, so
+  # codes that draw alike start alike. Measurements behind each: docs/text_to_image.md.
   c.objective = dict(kind="text_to_image", image_tokenizer="workdirs/shapes_vqvae",
                      max_caption_len=23, caption_dropout=0.1, cfg_scale=1.75,
                      eval_cfg_scales=(1.0, 1.5, 1.75, 2.0, 3.0), temperature=0.5, top_k=0,
@@ -46,10 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vocab_size = 1152
   c.evals.update(final_splits=("test",), num_samples_to_print=2)
   if not arg:
-    # 3 decoder layers: at equal time (2,500 steps of 3 layers against 3,000 of 2, ~5.5 min)
-    # validation overall 0.422 against 0.351. Without the encoder and image tokens a step
-    # is still cheaper than captioning's (~125 ms against ~140 on 2 idle cores):
-    # 12,500 steps (200k captions), ~27 min of training.
+    # 3 decoder layers: a third layer did better than 2 at equal training time. Without the
+    # encoder and image tokens a step stays cheap: 12,500 steps (200k captions) fit about
+    # half an hour of 2 CPU cores (timings and results: docs/text_to_image.md).
     c.model.depth = 3
     c.train.update(steps=12500, checkpoint_every=2500)
     # The frozen encoder and projector are the caption run's: unused here (no row shows its

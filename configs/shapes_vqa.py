@@ -5,10 +5,11 @@
   python -m gpt4v_jax.main --config=configs/shapes_vqa.py:tiny --workdir=/tmp/t
 
 The caption run comes first: the default starts from its checkpoint (`config.init`). The
-argument picks a variant, as in shapes_caption: "" (the default CPU run, 27-34 min of
-training on 2 idle cores) or "tiny" (a seconds-long smoke run, used by the tests). Data,
-model, mesh, optimizer and checkpointing are shapes_caption's, imported from there (run from
-the repository root, as `make` does); this file sets the objective, the run length and evals.
+argument picks a variant, as in shapes_caption: "" (the default CPU run, about half an hour of
+training on 2 cores; timings and results: docs/vqa.md) or "tiny" (a seconds-long smoke run,
+used by the tests). Data, model, mesh, optimizer and checkpointing are shapes_caption's,
+imported from there (run from the repository root, as `make` does); this file sets the
+objective, the run length and evals.
 """
 import ml_collections
 
@@ -21,20 +22,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # then per question the task token, question, answer, EOS. A question is at most 12 tokens
   # (the generator's bound: "is the large purple triangle right of the large yellow
   # triangle?"), its answer one word, so 2 + 8 * 14 = 114 slots hold every image's questions,
-  # and an eval prompt is [BOS][vqa] + 12 slots. Every answer is one token + EOS. One
-  # question per row (questions_per_row=1, max_text_len=16) learned 4x slower per step: 0.580
-  # on test after 12,000 steps against 0.696 after 3,000.
+  # and an eval prompt is [BOS][vqa] + 12 slots. Every answer is one token + EOS. A dialogue
+  # row gives one encoder pass every answer of its image, so it learns faster per step than
+  # one question per row (questions_per_row=1, max_text_len=16; docs/vqa.md).
   c.objective = dict(kind="vqa", max_text_len=114, max_question_len=12, max_new_tokens=2,
                      questions_per_row=8)
 
   if not arg:  # "tiny" keeps shapes_caption's tiny run length, evals and fresh init.
     # Pretrain, then transfer (PaliGemma's recipe): every param starts from the caption
     # run, whose encoder already tells shapes apart and whose decoder lists objects left to
-    # right. Test accuracy: 0.918 after 12,000 steps, 0.893 after 6,000; from scratch, 6,000
-    # steps reached 0.771.
+    # right (results against training from scratch: docs/vqa.md).
     c.init = dict(workdir="workdirs/shapes_caption", params=("vit", "projector", "decoder"))
-    # 6.5 GFLOP and 135-170 ms per step on 2 idle cores (the machine's speed varies):
-    # 12,000 steps (192k images, ~1.4M questions) are 27-34 min of training.
+    # 12,000 steps (192k images, ~1.4M questions): what about half an hour of 2 CPU cores
+    # buys (step times: docs/vqa.md).
     c.train.update(steps=12000, checkpoint_every=3000)
     # 200 validation examples are ~1,400 questions; final evals ask all ~7,000 of 1,000.
     c.evals.every = 3000

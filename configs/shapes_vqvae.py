@@ -20,17 +20,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.global_batch_size = 32
   c.objective = dict(kind="vqvae", beta=0.25)
 
-  # 8x8 codes of a 1024-entry codebook: a 64-token image for the decoder. In feasibility
-  # probes (200 validation images) this reached parser agreement 0.98-0.985 after 3,500
-  # steps, where 512 codes reached 0.965 and a 16x16 grid (256 tokens per image) 0.975.
+  # 8x8 codes of a 1024-entry codebook: a 64-token image for the decoder (fewer codes
+  # reconstructed worse, a 16x16 grid costs 256 tokens per image).
   # Dead codes (EMA count < 0.1 assignments per batch) restart at poorly served latents.
-  # local_encoder: a code depends on its own 8x8 patch alone (models/vqvae.py, Encoder.local).
-  # The encoder that also saw the neighbouring patches reconstructed as well, but spread pure
-  # background patches (68% of all) over 316 codes (4.3 nats; code perplexity 250-360): noise
-  # that the text-to-image decoder had to model, and that came out as stray fragments. With
-  # it, every background patch is one code (perplexity ~14), and text-to-image (sampled at
-  # temperature 0.7, guidance 2; 200 validation captions) scored 0.28 overall after 4,000
-  # steps where the 10,000-step run on the old tokenizer scored 0.14.
+  # local_encoder: a code depends on its own 8x8 patch alone (models/vqvae.py, Encoder.local),
+  # so equal patches get equal codes and the text-to-image decoder models the scene, not the
+  # encoder's context noise. Probes and runs behind both: docs/text_to_image.md.
   c.model = dict(channels=64, min_channels=16, num_res_blocks=2, downsample=8, num_codes=1024,
                  code_dim=64, codebook_update="ema", decay=0.99, epsilon=1e-5,
                  dead_code_threshold=0.1, dtype="float32", local_encoder=True)
@@ -48,8 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals = base.evals
   c.evals.update(final_splits=("test",), num_samples_to_print=2)
   if not arg:
-    # ~0.19 s per step on 2 idle cores: 8,000 steps (256k images) are ~25 min. 4,000 steps
-    # gave test parser agreement 0.978, 8,000 give 0.987 (PSNR 30.7 -> 34.9 dB).
+    # 8,000 steps (256k images): about 25 min on 2 CPU cores, and twice the steps
+    # reconstruct better than 4,000 (results: docs/text_to_image.md).
     c.train.update(steps=8000, checkpoint_every=2000)
     c.evals.every = 2000
 

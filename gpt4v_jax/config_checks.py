@@ -8,6 +8,7 @@ import ml_collections
 from gpt4v_jax import sharding
 from gpt4v_jax.data import datasets, pipeline
 from gpt4v_jax.data.tokenizer import get_tokenizer
+from gpt4v_jax.objectives import kinds
 
 # What may differ from the config of the run a workdir holds when it resumes: how long it
 # trains (a longer train.steps also stretches the cosine schedule from here on), how often it
@@ -17,11 +18,6 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.skip_nonfinite_updates", "evals.",
                      "data.data_dir", "data.num_threads", "data.on_bad_example", "mesh.",
                      "sharding_rules")
-# The objectives of the GPT4V model that train.make_objective builds; config.objective.kind
-# may also be a "mixture" of them (config.objective.mixture = {kind: dict(weight=..., ...)}),
-# or "vqvae": the image tokenizer, whose config.model is a VQVAE's, and which text_to_image
-# needs (config.objective[.mixture.text_to_image].image_tokenizer names its run's workdir).
-OBJECTIVE_KINDS = ("caption", "vqa", "prompt", "text_to_image")
 
 
 # Keys added to the configs after runs were saved without them, with the values that give
@@ -91,7 +87,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     section, name = key.split(".")
     if config[section][name] <= 0:
       raise ValueError(f"config.{key}={config[section][name]} must be positive.")
-  if config.objective.kind != "vqvae":
+  if kinds.KINDS[config.objective.kind].language_model:
     _check_language_model(config)
   _check_data(config)
   if config.init.workdir and not _has_checkpoint(config.init.workdir):
@@ -112,9 +108,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.name={data.name!r} reads the dataset from "
                      "config.data.path, which is not set (README, 'Your own data').")
   datasets.preprocess(data)  # Raises ValueError naming a bad setting.
-  objective = config.objective
-  kinds = set(objective.mixture) if objective.kind == "mixture" else {objective.kind}
-  scene_only = kinds & {"text_to_image", "vqvae"}
+  scene_only = {k for k in kinds.part_configs(config.objective) if kinds.KINDS[k].scene_only}
   if scene_only and data.name != "shapes":
     raise ValueError(f"config.objective {sorted(scene_only)} is evaluated by reading the "
                      "scene back from generated pixels, which only the embedded shapes "
@@ -136,7 +130,7 @@ def check_splits(config: ml_collections.ConfigDict, sources: dict) -> None:
 def _check_language_model(config: ml_collections.ConfigDict) -> None:
   objective = config.objective
   vocab = get_tokenizer(config.tokenizer).vocab_size
-  parts = objective.mixture if objective.kind == "mixture" else {objective.kind: objective}
+  parts = kinds.part_configs(objective)
   for kind, part in parts.items():
     key = "config.objective." + (f"mixture.{kind}." if objective.kind == "mixture" else "")
     if part.get("max_text_len", 1) <= 0:  # text_to_image derives its own.
@@ -178,20 +172,20 @@ def _has_checkpoint(workdir: str) -> bool:
 
 
 def _check_objective(objective: ml_collections.ConfigDict) -> None:
-  if objective.kind == "vqvae":
-    return
+  """config.objective.kind is in `kinds.KINDS`; a mixture's parts are mixable kinds with
+  positive weights."""
+  if objective.kind not in kinds.KINDS:
+    raise ValueError(f"config.objective.kind={objective.kind!r}: expected one of "
+                     f"{tuple(kinds.KINDS)}.")
   if objective.kind != "mixture":
-    if objective.kind not in OBJECTIVE_KINDS:
-      raise ValueError(f"config.objective.kind={objective.kind!r}: expected one of "
-                       f"{OBJECTIVE_KINDS}, 'mixture' or 'vqvae'.")
     return
   if not objective.get("mixture"):
     raise ValueError("config.objective.kind='mixture' needs config.objective.mixture = "
                      "{kind: dict(weight=..., ...)} naming at least one objective.")
   for kind, part in objective.mixture.items():
-    if kind not in OBJECTIVE_KINDS:
-      raise ValueError(f"config.objective.mixture.{kind}: not an objective; expected one of "
-                       f"{OBJECTIVE_KINDS}.")
+    if kind not in kinds.MIXABLE:
+      raise ValueError(f"config.objective.mixture.{kind}: not an objective a mixture can "
+                       f"hold; expected one of {kinds.MIXABLE}.")
     if not part.get("weight", 0) > 0:
       raise ValueError(f"config.objective.mixture.{kind}.weight={part.get('weight')} must be "
                        "positive.")

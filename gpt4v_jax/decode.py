@@ -4,10 +4,11 @@
 same loop with a sampling rule in place of argmax.
 
 Both compile once per (model, input shapes, max_new_tokens); eos_id and pad_id
-are traced. Steps run in `lax.fori_loop`, so no step recompiles. The public
-functions forward positionally to jitted ones because jit keys its cache on
-how arguments are passed: `pad_id=0` and an omitted pad_id would otherwise
-compile twice.
+are traced (eos_id may be one id or a 1-D array of stop ids: its length is a
+shape, so each length compiles once). Steps run in `lax.fori_loop`, so no
+step recompiles. The public functions forward positionally to jitted ones
+because jit keys its cache on how arguments are passed: `pad_id=0` and an
+omitted pad_id would otherwise compile twice.
 
 `params` is the "params" collection (what `variables["params"]` holds), boxed
 (`nn.LogicallyPartitioned` leaves, as returned by `model.init`) or plain
@@ -25,6 +26,20 @@ def _argmax(logits, step):
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
+def is_stop(tokens, stop_ids):
+  """Which tokens are stop ids.
+
+  Args:
+    tokens: [...] int.
+    stop_ids: int, or [n] int (may be traced); n = 0 never stops.
+
+  Returns:
+    [...] bool. For a single id this is exactly `tokens == stop_ids`.
+  """
+  stop_ids = jnp.ravel(jnp.asarray(stop_ids))
+  return jnp.any(tokens[..., None] == stop_ids, axis=-1)
+
+
 def token_loop(first_logits, step_fn, carry, choose, max_new_tokens, eos_id,
                pad_id):
   """Shared decoding loop: choose a token, feed it back, until max_new_tokens.
@@ -39,7 +54,8 @@ def token_loop(first_logits, step_fn, carry, choose, max_new_tokens, eos_id,
     max_new_tokens, eos_id, pad_id: see `greedy_decode`.
 
   Returns:
-    [batch, max_new_tokens] int32; EOS is kept, later tokens are pad_id.
+    [batch, max_new_tokens] int32; the stop token is kept, later tokens are
+    pad_id.
   """
   first = choose(first_logits, 0)
   tokens = jnp.full((first.shape[0], max_new_tokens), pad_id, jnp.int32)
@@ -50,10 +66,10 @@ def token_loop(first_logits, step_fn, carry, choose, max_new_tokens, eos_id,
     logits, carry = step_fn(tokens[:, step - 1], step, carry)
     new = choose(logits, step)
     tokens = tokens.at[:, step].set(jnp.where(done, pad_id, new))
-    return tokens, done | (new == eos_id), carry
+    return tokens, done | is_stop(new, eos_id), carry
 
   tokens, _, _ = jax.lax.fori_loop(1, max_new_tokens, body,
-                                   (tokens, first == eos_id, carry))
+                                   (tokens, is_stop(first, eos_id), carry))
   return tokens
 
 
@@ -69,8 +85,11 @@ def greedy_decode(model, params, images, prompt, prompt_mask, max_new_tokens,
     prompt: [batch, p] int32, right-padded.
     prompt_mask: [batch, p] bool, False at padding.
     max_new_tokens: number of tokens to generate.
-    eos_id: end-of-sequence id; it is emitted, everything after it is pad_id.
-    pad_id: filler after EOS.
+    eos_id: the stop id (an int), or several ([n] int array, e.g. EOS and an
+      end-of-image token): a row stops at the first token that is any of
+      them; it is emitted, everything after it is pad_id. Traced: new ids
+      of the same count do not recompile.
+    pad_id: filler after the stop token.
     image_mask: optional [batch] bool; False hides that example's image (a
       text-only row), see `GPT4V.__call__`.
 

@@ -133,8 +133,9 @@ def sample(model, params, rng, images, prompt, prompt_mask, max_new_tokens,
     prompt: [batch, p] int32, right-padded.
     prompt_mask: [batch, p] bool, False at padding.
     max_new_tokens: number of tokens to generate.
-    eos_id: end-of-sequence id; it is emitted, everything after it is pad_id.
-    pad_id: filler after EOS.
+    eos_id: the stop id (an int), or several ([n] int array): a row stops at
+      the first token that is any of them, see `decode.greedy_decode`.
+    pad_id: filler after the stop token.
     temperature: >= 0; 0 is greedy decoding (`decode.greedy_decode`).
     top_k: keep the k most likely tokens; 0 keeps all.
     top_p: keep the nucleus of probability mass top_p; 1 keeps all.

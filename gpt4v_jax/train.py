@@ -3,9 +3,10 @@
 Read top to bottom: checks -> mesh -> data -> model -> sharded state -> checkpoint/resume ->
 jitted train step -> loop (logging, checkpoints, evals) -> final evals.
 
-The objective (`objectives/`) supplies everything task-specific: the model, its variables,
-the batch layout, the loss and the evaluation, so the same loop trains the GPT-4V model on
-captions, questions or image codes, and the VQ-VAE image tokenizer.
+The objective (`objectives/base.py` lists what the loop calls on it) supplies everything
+task-specific: the model, its variables, the batch layout, the loss and the evaluation, so the
+same loop trains the GPT-4V model on captions, questions or image codes, and the VQ-VAE image
+tokenizer. Building the objective and the sharded state is `runs.py`'s.
 
 Fault tolerance (README, "Fault tolerance"): a killed run resumes bitwise identically from its
 newest readable checkpoint; SIGTERM/SIGINT save and stop (`preemption.Preempted`); a
@@ -15,9 +16,7 @@ counted in the state's `counters`.
 import json
 import os
 import time
-from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,254 +24,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from gpt4v_jax import checkpoint, config_checks, perf, preemption, sharding
+from gpt4v_jax import checkpoint, config_checks, perf, preemption, runs, sharding
 from gpt4v_jax.data import datasets
-from gpt4v_jax.data.tokenizer import get_tokenizer
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
-from gpt4v_jax.objectives import mixture
-from gpt4v_jax.objectives.caption import CaptionObjective
-from gpt4v_jax.objectives.image_tokenizer import VQVAEObjective
-from gpt4v_jax.objectives.prompt import PromptObjective
-from gpt4v_jax.objectives.text_to_image import TextToImageObjective
-from gpt4v_jax.objectives.vqa import VQAObjective
 from gpt4v_jax.optimizer import make_optimizer
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # [] int32
-  params: Any  # Unboxed param tree.
-  opt_state: Any
-  # Model variables outside "params", which the optimizer never touches: a VQ-VAE's EMA
-  # codebook ("vq_stats", updated by its loss), a frozen image tokenizer (never updated).
-  model_state: Any
-  rng: jax.Array  # [2] uint32, a raw PRNG key so Orbax stores it as a plain array.
-  # [] int32 each, cumulative over the run (checkpointed, so exact across resumes): bad
-  # examples skipped, captions truncated to fit, steps whose update was not finite.
-  counters: dict[str, jax.Array]
-
-
-COUNTERS = ("skipped_examples", "truncated_texts", "nonfinite_steps")
-
-
-def make_objective(config: ml_collections.ConfigDict) -> Any:
-  """The objective `config.objective` describes (text objectives use `config.tokenizer`).
-  Its keys by kind:
-
-    caption  max_text_len, prompt
-    vqa      max_text_len, max_question_len, max_new_tokens, questions_per_row
-    prompt   max_text_len, max_prompt_len, metric ("rouge" or "exact_match"), use_images
-             (False: text only, e.g. summarization)
-    vqvae    beta (commitment loss weight); the model is config.model, a VQVAE's fields
-    text_to_image  image_tokenizer (the workdir of a finished vqvae run), max_caption_len,
-             caption_dropout, cfg_scale, eval_cfg_scales, temperature, top_k, top_p,
-             code_order, code_positions, code_embedding_init (its row length follows from
-             max_caption_len and the tokenizer's grid)
-    mixture  mixture = {kind: dict(weight=..., that kind's keys)}, e.g.
-             mixture = dict(caption=dict(weight=1.0, prompt="", max_text_len=26), vqa=...);
-             the weights' shares of config.data.global_batch_size are each part's rows
-
-  Every objective's images go through `datasets.preprocess(config.data)`.
-  """
-  c = config.objective
-  preprocess = datasets.preprocess(config.data)
-  if c.kind == "vqvae":
-    return VQVAEObjective(beta=c.beta, num_codes=config.model.num_codes, preprocess=preprocess)
-  tokenizer = get_tokenizer(config.tokenizer)
-  single = lambda kind, keys: _single_objective(
-      kind, keys, keys.get("max_text_len"), tokenizer, config.seed, preprocess,
-      datasets.dataset_metrics(config.data.name).get(kind))
-  if c.kind != "mixture":
-    return single(c.kind, c)
-  parts = {kind: single(kind, part) for kind, part in c.mixture.items()}
-  return mixture.MixtureObjective(parts, {kind: part.weight for kind, part in c.mixture.items()},
-                                  config.data.global_batch_size)
-
-
-def _single_objective(kind: str, keys: ml_collections.ConfigDict, max_text_len: int | None,
-                      tokenizer, seed: int, preprocess, extra_metrics) -> Any:
-  """One objective of `kind` from its config keys; `extra_metrics`: the dataset's own
-  metrics of that kind, if any (`datasets.dataset_metrics`)."""
-  if kind == "text_to_image":
-    vq_model, vq_variables = load_image_tokenizer(keys.image_tokenizer)
-    return TextToImageObjective(
-        tokenizer, vq_model=vq_model, vq_variables=vq_variables,
-        max_caption_len=keys.max_caption_len, caption_dropout=keys.caption_dropout,
-        cfg_scale=keys.cfg_scale, eval_cfg_scales=tuple(keys.eval_cfg_scales),
-        temperature=keys.temperature, top_k=keys.top_k, top_p=keys.top_p, seed=seed,
-        code_order=keys.code_order, code_positions=keys.code_positions,
-        code_embedding_init=keys.code_embedding_init, preprocess=preprocess,
-        max_text_len=max_text_len)
-  if kind == "caption":
-    return CaptionObjective(tokenizer, prompt=keys.prompt, max_text_len=max_text_len,
-                            preprocess=preprocess, extra_metrics=extra_metrics)
-  if kind == "vqa":
-    return VQAObjective(tokenizer, max_text_len=max_text_len,
-                        max_question_len=keys.max_question_len,
-                        max_new_tokens=keys.max_new_tokens,
-                        questions_per_row=keys.questions_per_row, preprocess=preprocess)
-  if kind == "prompt":
-    return PromptObjective(tokenizer, max_text_len=max_text_len,
-                           max_prompt_len=keys.max_prompt_len, metric=keys.metric,
-                           use_images=keys.use_images, preprocess=preprocess)
-  raise ValueError(f"Objective kind {kind!r}: expected one of {config_checks.OBJECTIVE_KINDS}.")
-
-
-def restore_run(workdir: str, what: str) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
-  """(config, model, state, step) of the newest readable checkpoint of the run in `workdir`,
-  restored whole onto every device whatever mesh it used; `what` names it in errors."""
-  workdir = os.path.abspath(workdir)
-  config = ml_collections.ConfigDict(config_checks.load_saved_config(workdir))
-  objective = make_objective(config)
-  model = objective.build_model(config.model)
-  tx, _ = make_optimizer(config.optimizer, config.train.steps)
-  # A data-only mesh: every param replicated on every device.
-  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-    _, abstract, _ = sharded_state_init(config, objective, model, tx, mesh,
-                                        rules=sharding.DEFAULT_RULES)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1_000_000)
-  restored = ckpt.restore_latest(abstract, None)
-  ckpt.close()
-  if restored is None:
-    raise checkpoint.CheckpointError(f"No checkpoint of the {what} in {workdir}.")
-  state, step = restored
-  log(f"{what}: step {step} of {workdir}.")
-  return config, model, state, step
-
-
-def load_image_tokenizer(workdir: str) -> tuple[Any, dict]:
-  """(VQVAE, its variables as numpy arrays) of the vqvae run in `workdir`
-  (config_checks.check has made sure it has a checkpoint)."""
-  _, model, state, _ = restore_run(workdir, "Image tokenizer")
-  return model, jax.device_get({"params": state.params, **state.model_state})
-
-
-# Params a model may have where the run it starts from has none; they keep their init (a
-# captioner's decoder starts a text-to-image one, which embeds code positions).
-_MAY_BE_NEW = ("code_position_embedding",)
-
-
-def init_params_from(init: ml_collections.ConfigDict, params: dict,
-                     vocab_size: int | None = None) -> dict:
-  """`params` with the top-level trees named in `init.params` (e.g. "vit") taken from the
-  newest checkpoint of the run in `init.workdir` (pretrain, then finetune), laid out as the
-  arrays they replace. A vocabulary that grew (this model's `vocab_size` over the source run's,
-  e.g. text-to-image's image codes after a captioner's words) keeps the source's rows of the
-  embedding tables and this init's rows for the new ids; `_MAY_BE_NEW` params the source lacks
-  keep this init's values. Raises ValueError naming any tree or leaf that does not fit, or is
-  in one model only."""
-  if not init.workdir:
-    return params
-  source_config, _, source, step = restore_run(init.workdir, "config.init.workdir")
-  source_vocab = source_config.model.get("vocab_size")
-  params = dict(params)
-  grown, added = [], []
-  for name in init.params:
-    if name not in source.params or name not in params:
-      raise ValueError(f"config.init.params: {name!r} is not a param tree of both this model "
-                       f"({sorted(params)}) and the run in {init.workdir} "
-                       f"({sorted(source.params)}).")
-    source_leaves = dict(jax.tree_util.tree_leaves_with_path(source.params[name]))
-    leaves = []
-    for path, new in jax.tree_util.tree_leaves_with_path(params[name]):
-      old = source_leaves.pop(path, None)
-      if old is None and getattr(path[-1], "key", None) in _MAY_BE_NEW:
-        leaves.append(new)
-        added.append(f"{name}{jax.tree_util.keystr(path)}")
-        continue
-      if old is None:
-        raise ValueError(f"config.init.params: {name!r} is built differently here than in "
-                         f"{init.workdir}, which has no {name}{jax.tree_util.keystr(path)}.")
-      if new.shape == old.shape:
-        leaves.append(jax.device_put(old, new.sharding))
-        continue
-      if not _only_vocab_grew(new.shape, old.shape, vocab_size, source_vocab):
-        raise ValueError(f"config.init.params: {name}{jax.tree_util.keystr(path)} has shape "
-                         f"{new.shape} here but {old.shape} in {init.workdir}.")
-      leaves.append(_overwrite_leading(new, old))
-      grown.append(f"{name}{jax.tree_util.keystr(path)}")
-    if source_leaves:
-      raise ValueError(f"config.init.params: {name!r} is built differently here than in "
-                       f"{init.workdir}: this model has no "
-                       f"{', '.join(name + jax.tree_util.keystr(p) for p in source_leaves)}.")
-    params[name] = jax.tree.unflatten(jax.tree.structure(params[name]), leaves)
-  log(f"Initialised {', '.join(init.params)} from step {step} of {init.workdir}"
-      + (f"; vocabulary {source_vocab} -> {vocab_size}, the new ids' rows of "
-         f"{', '.join(grown)} as initialised here" if grown else "")
-      + (f"; {', '.join(added)}, which it lacks, as initialised here" if added else "")
-      + ".")
-  return params
-
-
-def _only_vocab_grew(new_shape, old_shape, vocab_size, source_vocab) -> bool:
-  """Whether the shapes differ in one axis only, from `source_vocab` to a larger
-  `vocab_size`."""
-  if not vocab_size or not source_vocab or len(new_shape) != len(old_shape):
-    return False
-  differ = [(n, o) for n, o in zip(new_shape, old_shape) if n != o]
-  return differ == [(vocab_size, source_vocab)] and vocab_size > source_vocab
-
-
-def _overwrite_leading(new: jax.Array, old: jax.Array) -> jax.Array:
-  """`new` (sharded) with its leading slice along every axis replaced by `old`, computed on
-  new's mesh so that no host needs the whole of `new`."""
-  replicated = jax.sharding.NamedSharding(new.sharding.mesh, jax.sharding.PartitionSpec())
-  update = jax.jit(lambda n, o: jax.lax.dynamic_update_slice(n, o, (0,) * n.ndim),
-                   out_shardings=new.sharding)
-  return update(new, jax.device_put(old, replicated))
-
-
-def sharded_state_init(config, objective, model, tx, mesh, rules=None):
-  """Returns (init, abstract_state, shardings).
-
-  The state is first traced abstractly (`jax.eval_shape`), its shardings derived from the
-  params' logical axis names, then `init()` materialises it already sharded: no host ever
-  holds the full state. `model_state` (small: codebooks, a frozen tokenizer) is replicated.
-  `rules`: the logical-axis rule table, config.sharding_rules unless given.
-  """
-  rules = config.sharding_rules if rules is None else rules
-
-  def init_boxed_variables(rng):
-    return objective.init_variables(model, rng)
-
-  def init_state(key):
-    params_rng, state_rng = jax.random.split(key)
-    variables = nn.unbox(init_boxed_variables(params_rng))
-    params = variables.pop("params")
-    opt_state = tx.init(trained_params(params, tuple(config.optimizer.frozen)))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      model_state=variables, rng=state_rng,
-                      counters={k: jnp.zeros((), jnp.int32) for k in COUNTERS})
-
-  key = jax.random.PRNGKey(config.seed)
-  param_shardings = sharding.logical_to_shardings(
-      jax.eval_shape(init_boxed_variables, key)["params"], mesh, rules)
-  abstract = jax.eval_shape(init_state, key)
-  rep = sharding.replicated(mesh)
-  # Optimizer moments are laid out like their params; counters are replicated.
-  opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state,
-      trained_params(param_shardings, tuple(config.optimizer.frozen)),
-      transform_non_params=lambda _: rep)
-  shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings,
-                         model_state=jax.tree.map(lambda _: rep, abstract.model_state),
-                         rng=rep, counters={k: rep for k in COUNTERS})
-  abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                          abstract, shardings)
-  init = jax.jit(lambda: init_state(key), out_shardings=shardings)
-  return init, abstract, shardings
-
-
-def trained_params(params: dict, frozen: tuple[str, ...]) -> dict:
-  """`params` without the top-level trees named in config.optimizer.frozen (e.g. "vit"): what
-  the optimizer updates and keeps state for."""
-  unknown = set(frozen) - set(params)
-  if unknown:
-    raise ValueError(f"config.optimizer.frozen={frozen}: {sorted(unknown)} are not top-level "
-                     f"param trees of this model; expected some of {sorted(params)}.")
-  return {name: tree for name, tree in params.items() if name not in frozen}
+from gpt4v_jax.runs import COUNTERS
 
 
 def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
@@ -291,9 +48,9 @@ def make_train_step(objective, model, tx, schedule, *, deterministic: bool,
   micro-batches in order.
   """
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+  def train_step(state: runs.TrainState, batch: dict[str, jax.Array]):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-    trained = trained_params(state.params, frozen)
+    trained = runs.trained_params(state.params, frozen)
 
     def loss_fn(trained, model_state, batch, rng):
       params = {**state.params, **trained}
@@ -394,11 +151,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   peak, peak_source = perf.peak_flops_per_device()
 
   # --- Data.
-  objective = make_objective(config)
+  objective = runs.make_objective(config)
   sources = datasets.open_splits(config.data)
   config_checks.check_splits(config, sources)
-  if isinstance(objective, mixture.MixtureObjective):  # Every part's rows must split too.
-    for name, rows in objective.part_rows.items():
+  sub_batches = objective.rows_per_sub_batch(config.data.global_batch_size)
+  if list(sub_batches) != [""]:  # A mixture: every part's rows must split too.
+    for name, rows in sub_batches.items():
       what = (f"config.objective.mixture.{name}'s rows per batch (its weight's share of "
               "config.data.global_batch_size)")
       sharding.check_batch_divides(rows, mesh, what)
@@ -407,9 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          "micro-batches, each divisible by the mesh's data*fsdp devices.")
     log("Rows per batch: " + ", ".join(
         f"{name} {rows} x {objective.parts[name].max_text_len} text slots"
-        for name, rows in objective.part_rows.items()) + ".")
-  train_iter = iter(mixture.train_dataset(
-      objective, sources[config.data.train_split], seed=config.seed,
+        for name, rows in sub_batches.items()) + ".")
+  train_iter = iter(objective.train_dataset(
+      sources[config.data.train_split], seed=config.seed,
       global_batch_size=config.data.global_batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads,
       on_bad_example=config.data.on_bad_example))
@@ -422,8 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # SIGTERM/SIGINT from here on only set `stop.received`; the loop saves and stops.
   with (jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules),
         preemption.StopRequest() as stop):
-    init, abstract_state, state_shardings = sharded_state_init(config, objective, model, tx,
-                                                               mesh)
+    init, abstract_state, state_shardings = runs.sharded_state_init(config, objective, model,
+                                                                    tx, mesh)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     log(f"Model: {num_params / 1e6:.2f}M params.")
 
@@ -433,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     restored = ckpt.restore_latest(abstract_state, train_iter)
     if restored is None:
       state, start_step = init(), 0
-      state = state.replace(params=init_params_from(
+      state = state.replace(params=runs.init_params_from(
           config.init, state.params, config.model.get("vocab_size")))
     else:
       state, start_step = restored

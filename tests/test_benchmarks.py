@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from experiments.benchmarks import common
-from gpt4v_jax import train
+from gpt4v_jax import runs
 
 
 def _run(module: str, flags: list[str], results_dir) -> dict:
@@ -60,7 +60,7 @@ def test_own_data_benchmark_runs(tmp_path):
 def test_1b_benchmark_model_has_about_a_billion_params():
   """The accelerator benchmark's "1b" model, counted from shapes alone (nothing allocated)."""
   config = common.model_config("1b")
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   model = objective.build_model(config.model)
   shapes = jax.eval_shape(lambda: objective.init_variables(model, jax.random.PRNGKey(0)))
   params = sum(x.size for x in jax.tree.leaves(shapes["params"]))

@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import shapes_caption
-from gpt4v_jax import checkpoint, config_checks, preemption, sharding, train
+from gpt4v_jax import checkpoint, config_checks, preemption, runs, sharding, train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -156,7 +156,7 @@ def _fake_source() -> list[dict]:
 
 
 def _fake_iter(on_bad_example="skip"):
-  obj = train.make_objective(shapes_caption.get_config("tiny"))
+  obj = runs.make_objective(shapes_caption.get_config("tiny"))
   return iter(pipeline.train_dataset(
       _fake_source(), obj.train_example, seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=2, on_bad_example=on_bad_example))
@@ -209,7 +209,7 @@ def test_bad_example_is_a_clear_error_when_configured():
 
 
 def test_only_bad_examples_is_an_error_not_a_hang():
-  obj = train.make_objective(shapes_caption.get_config("tiny"))
+  obj = runs.make_objective(shapes_caption.get_config("tiny"))
   it = iter(pipeline.train_dataset(
       [_example(0, caption=b"")], obj.train_example, seed=0, local_batch_size=4,
       process_index=0, process_count=1, num_threads=0))
@@ -218,7 +218,7 @@ def test_only_bad_examples_is_an_error_not_a_hang():
 
 
 def test_bad_eval_examples_are_left_out_of_fixed_size_batches():
-  obj = train.make_objective(shapes_caption.get_config("tiny"))
+  obj = runs.make_objective(shapes_caption.get_config("tiny"))
   batches = list(pipeline.eval_batches(_fake_source(), obj.eval_items, num_examples=16,
                                        batch_size=5))
   # A caption item's info is its example; each row names the example's index in the source.
@@ -260,14 +260,14 @@ def _toy_batch(image_value: float) -> dict:
 def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   config = shapes_caption.get_config("tiny")
   config.optimizer.learning_rate = 1e-2
-  model, objective = _Toy(), train.make_objective(config)
+  model, objective = _Toy(), runs.make_objective(config)
   tx, schedule = make_optimizer(config.optimizer, 10)
   batch = _toy_batch(0.0)
   params = model.init(jax.random.PRNGKey(0), *(batch[k] for k in ("image", "text", "ar_mask",
                                                                    "input_mask")))["params"]
-  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+  state = runs.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            model_state={}, rng=jax.random.PRNGKey(1),
-                           counters={k: jnp.int32(0) for k in train.COUNTERS})
+                           counters={k: jnp.int32(0) for k in runs.COUNTERS})
   good_step = jax.jit(train.make_train_step(objective, model, tx, schedule, deterministic=True,
                                             skip_nonfinite=True))
   state, metrics = good_step(state, batch)

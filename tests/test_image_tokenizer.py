@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_vqvae
-from gpt4v_jax import train
+from gpt4v_jax import runs
 from gpt4v_jax.data import shapes
 from gpt4v_jax.objectives import image_tokenizer
 
@@ -21,7 +21,7 @@ def _items(objective, source, n):
 
 
 def test_score_is_perfect_for_the_originals_and_zero_for_blank_images(tiny_sources):
-  objective = train.make_objective(shapes_vqvae.get_config("tiny"))
+  objective = runs.make_objective(shapes_vqvae.get_config("tiny"))
   infos = [info for _, info in _items(objective, tiny_sources["validation"], 8)]
   codes = np.arange(8 * 64).reshape(8, 8, 8) % objective.num_codes
   same = [dict(image=i["image"], codes=c) for i, c in zip(infos, codes)]

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gpt4v_jax import train
+from gpt4v_jax import runs
 from gpt4v_jax.metric_writer import read_scalars
 
 
@@ -81,7 +81,7 @@ def test_finetune_from_another_runs_encoder(tmp_path, tiny_run, run_main, vq_wor
                "--config.optimizer.frozen=('vit',)", config="shapes_vqa.py:tiny")
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"Initialised vit from step 6 of {caption_dir}" in r.stdout
-  vit = lambda workdir: train.restore_run(workdir, "run")[2].params["vit"]
+  vit = lambda workdir: runs.restore_run(workdir, "run")[2].params["vit"]
   jax.tree.map(np.testing.assert_array_equal, vit(tmp_path / "vqa"), vit(caption_dir))
   bad = run_main(f"--workdir={tmp_path / 'bad'}", f"--config.init.workdir={vq_workdir}",
                  config="shapes_vqa.py:tiny")
@@ -95,10 +95,10 @@ def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
   that shrank is an error, as is a param the target lacks."""
   (_, caption_dir), (r, t2i_dir) = tiny_run, tiny_t2i_run
   assert r.returncode == 0, r.stderr[-3000:]
-  caption_params = train.restore_run(caption_dir, "caption")[2].params
-  fresh = train.restore_run(t2i_dir, "t2i")[2].params
+  caption_params = runs.restore_run(caption_dir, "caption")[2].params
+  fresh = runs.restore_run(t2i_dir, "t2i")[2].params
   init = ml_collections.ConfigDict(dict(workdir=str(caption_dir), params=("decoder",)))
-  grown = train.init_params_from(init, fresh, vocab_size=256)["decoder"]
+  grown = runs.init_params_from(init, fresh, vocab_size=256)["decoder"]
   flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))
   caption, grown, fresh = flat(caption_params["decoder"]), flat(grown), flat(fresh["decoder"])
   added = [k for k in grown if k not in caption]
@@ -114,8 +114,8 @@ def test_finetune_grows_the_vocabulary(tiny_run, tiny_t2i_run):
   assert grown[resized[0]].shape == (256, caption[resized[0]].shape[1])
   shrink = ml_collections.ConfigDict(dict(workdir=str(t2i_dir), params=("decoder",)))
   with pytest.raises(ValueError, match=r"decoder\['embedding'\] has shape \(128, .*\(256,"):
-    train.init_params_from(shrink, caption_params, vocab_size=128)
-  without = train.restore_run(t2i_dir, "t2i")[2].params
+    runs.init_params_from(shrink, caption_params, vocab_size=128)
+  without = runs.restore_run(t2i_dir, "t2i")[2].params
   del without["decoder"]["code_position_embedding"]
   with pytest.raises(ValueError, match=r"this model has no decoder\['code_position_embedding"):
-    train.init_params_from(shrink, without, vocab_size=256)
+    runs.init_params_from(shrink, without, vocab_size=256)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_multitask
-from gpt4v_jax import config_checks, decode, sharding, train
+from gpt4v_jax import config_checks, decode, runs, sharding, train
 from gpt4v_jax.data.tokenizer import TASK_IDS, get_tokenizer
 from gpt4v_jax.evals import evaluator
 from gpt4v_jax.objectives import mixture, prefix_lm
@@ -24,12 +24,11 @@ def _config(vq_workdir, caption_weight=1.0, vqa_weight=1.0, t2i_weight=1.0):
 
 
 def _objective(vq_workdir, **weights):
-  return train.make_objective(_config(vq_workdir, **weights))
+  return runs.make_objective(_config(vq_workdir, **weights))
 
 
 def _train_iter(source, objective, batch_size=16):
-  return iter(mixture.train_dataset(
-      objective, source, seed=0, global_batch_size=batch_size, process_index=0,
+  return iter(objective.train_dataset(source, seed=0, global_batch_size=batch_size, process_index=0,
       process_count=1, num_threads=2))
 
 
@@ -144,7 +143,7 @@ def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,
   c = _config(vq_workdir)
   del c.objective.mixture["text_to_image"]  # Its evaluation draws images: tested on its own.
   metrics, records = evaluator.evaluate_split(
-      objective=train.make_objective(c), model=None, params=None, model_state=None, source=source,
+      objective=runs.make_objective(c), model=None, params=None, model_state=None, source=source,
       split="validation",
       num_examples=4, batch_size=8, mesh=sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1)),
       out_dir=str(tmp_path), step=0)

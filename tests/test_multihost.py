@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from configs import shapes_caption
-from gpt4v_jax import checkpoint, sharding, train
+from gpt4v_jax import checkpoint, runs, sharding
 from gpt4v_jax.optimizer import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,12 +29,12 @@ def _losses(stdout: str) -> list[float]:
 def _restore_params(workdir):
   """The newest checkpoint's params, restored by this (one) process onto its 8 devices."""
   config = shapes_caption.get_config("tiny")
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   model = objective.build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    _, abstract, _ = train.sharded_state_init(config, objective, model, tx, mesh)
+    _, abstract, _ = runs.sharded_state_init(config, objective, model, tx, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=10)
   (state, step) = ckpt.restore_latest(abstract, None)
   ckpt.close()

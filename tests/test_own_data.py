@@ -12,9 +12,8 @@ import PIL.Image
 import pytest
 
 from configs import coco_captions, folder_caption, folder_vqa, shapes_summarize, vqav2
-from gpt4v_jax import train
+from gpt4v_jax import runs
 from gpt4v_jax.data import datasets, pipeline, shapes
-from gpt4v_jax.objectives import mixture
 
 GOOD = 40  # Good images per split: two tiny batches of 16 and more.
 
@@ -86,11 +85,11 @@ def _tiny(config_module, path: str, data_dir: str) -> ml_collections.ConfigDict:
 def test_folder_pipeline_skips_and_counts_the_bad_files(folder, tmp_path):
   config = _tiny(folder_caption, folder, str(tmp_path))
   sources = datasets.open_splits(config.data)
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   source = sources["train"]
   # One example per image (+ 4 text-only rows without captions, also bad for captioning).
   assert len(source) == GOOD + 6 + 1 + 4
-  it = iter(mixture.train_dataset(objective, source, seed=0, global_batch_size=16,
+  it = iter(objective.train_dataset(source, seed=0, global_batch_size=16,
                                   process_index=0, process_count=1, num_threads=2))
   batches = [next(it) for _ in range(6)]  # 96 rows: past two epochs of the 44 good ones.
   # What an exact skip gives: the seeded shuffled stream, each kept row counting the bad
@@ -118,7 +117,7 @@ def test_folder_pipeline_skips_and_counts_the_bad_files(folder, tmp_path):
 def test_odd_images_decode_in_colour_and_broken_ones_name_their_file(folder, tmp_path):
   config = _tiny(folder_caption, folder, str(tmp_path))
   source = datasets.open_splits(config.data)["train"]
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   by_name = {source[i]["image_path"].rsplit("/", 1)[-1]: source[i] for i in range(len(source))
              if source[i]["image_path"]}
   for name in ("rotated.jpg", "cmyk.jpg", "palette.gif"):
@@ -147,8 +146,8 @@ def test_folder_caption_run_trains_and_evaluates(folder, run_main, tmp_path):
 def test_folder_vqa_rows_score_every_answer(folder, tmp_path):
   config = _tiny(folder_vqa, folder, str(tmp_path))
   source = datasets.open_splits(config.data)["test"]
-  objective = train.make_objective(config)
-  batch = next(iter(mixture.train_dataset(objective, source, seed=0, global_batch_size=16,
+  objective = runs.make_objective(config)
+  batch = next(iter(objective.train_dataset(source, seed=0, global_batch_size=16,
                                           process_index=0, process_count=1, num_threads=0)))
   # The training answer is the most frequent of the ten; the 4 text-only rows and the
   # missing file are skipped.
@@ -210,8 +209,8 @@ def test_coco_and_vqav2_rows_and_scores(config_module, write, tmp_path):
   write(str(tmp_path / "src"))
   config = _tiny(config_module, str(tmp_path / "src"), str(tmp_path / "data"))
   sources = datasets.open_splits(config.data)
-  objective = train.make_objective(config)
-  it = iter(mixture.train_dataset(objective, sources["train"], seed=0, global_batch_size=16,
+  objective = runs.make_objective(config)
+  it = iter(objective.train_dataset(sources["train"], seed=0, global_batch_size=16,
                                   process_index=0, process_count=1, num_threads=2))
   batch = next(it)
   assert batch["image"].shape == (16, 64, 64, 3) and batch["skipped"].sum() == 0
@@ -234,7 +233,7 @@ def test_coco_and_vqav2_rows_and_scores(config_module, write, tmp_path):
 
 def test_summarization_trains_without_images_and_scores_with_rouge(tiny_sources):
   from rouge_score import rouge_scorer
-  objective = train.make_objective(shapes_summarize.get_config("tiny"))
+  objective = runs.make_objective(shapes_summarize.get_config("tiny"))
   example = tiny_sources["train"][0]
   row = objective.train_example(example, np.random.default_rng(0))
   assert "image" not in row and not row["has_image"]
@@ -270,10 +269,10 @@ def test_each_process_reads_only_its_rows_of_the_folder(folder, tmp_path):
   shifts only its own process's rows, see pipeline.py.)"""
   config = _tiny(folder_caption, folder, str(tmp_path))
   source = datasets.open_splits(config.data)["test"]
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
 
   def batches(process_index, process_count, recorder):
-    it = iter(mixture.train_dataset(objective, recorder, seed=0, global_batch_size=16,
+    it = iter(objective.train_dataset(recorder, seed=0, global_batch_size=16,
                                     process_index=process_index, process_count=process_count,
                                     num_threads=0))
     return [next(it) for _ in range(2)]
@@ -297,8 +296,8 @@ def test_summarization_joins_a_mixture(tiny_sources):
   summarize = dict(config.objective, weight=1.0)
   config.objective = dict(kind="mixture", mixture=dict(
       caption=dict(weight=1.0, prompt="", max_text_len=26), prompt=summarize))
-  objective = train.make_objective(config)
-  batch = next(iter(mixture.train_dataset(objective, tiny_sources["train"], seed=0,
+  objective = runs.make_objective(config)
+  batch = next(iter(objective.train_dataset(tiny_sources["train"], seed=0,
                                           global_batch_size=16, process_index=0,
                                           process_count=1, num_threads=0)))
   spec = objective.batch_spec(16)
@@ -322,7 +321,7 @@ def test_a_text_only_row_beside_image_rows_is_the_decoder_alone(folder, tmp_path
   config = _tiny(folder_caption, folder, str(tmp_path))
   config.objective = dict(kind="prompt", max_text_len=40, max_prompt_len=16,
                           metric="exact_match", use_images=True)
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   source = datasets.open_splits(config.data)["train"]
   text_only = next(source[i] for i in range(len(source)) if source[i]["prompts"])
   with_image = dict(source[0], prompts=[b"what is it?"], targets=[b"noise"])

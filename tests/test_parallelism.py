@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_multitask
-from gpt4v_jax import sharding, train
-from gpt4v_jax.objectives import mixture
+from gpt4v_jax import runs, sharding
 from gpt4v_jax.optimizer import make_optimizer
 
 
@@ -28,14 +27,13 @@ def config(vq_workdir):
 
 @pytest.fixture(scope="module")
 def objective(config):
-  return train.make_objective(config)
+  return runs.make_objective(config)
 
 
 @pytest.fixture(scope="module")
 def batch(config, objective, tiny_sources):
   """One batch of 8 rows of each of the three tasks."""
-  it = iter(mixture.train_dataset(
-      objective, tiny_sources["train"], seed=0, global_batch_size=config.data.global_batch_size,
+  it = iter(objective.train_dataset(tiny_sources["train"], seed=0, global_batch_size=config.data.global_batch_size,
       process_index=0, process_count=1, num_threads=1))
   b = next(it)
   assert {name: len(rows["text"]) for name, rows in b.items()} == dict(
@@ -50,7 +48,7 @@ def _loss_and_grads(config, objective, batch, mesh_sizes, devices):
   model = objective.build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    init, _, shardings = train.sharded_state_init(config, objective, model, tx, mesh)
+    init, _, shardings = runs.sharded_state_init(config, objective, model, tx, mesh)
     state = init()
     bs = sharding.batch_sharding(mesh)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import shapes_caption, shapes_vqvae
-from gpt4v_jax import perf, train
+from gpt4v_jax import perf, runs
 
 
 def test_compiled_flops_counts_a_matmul():
@@ -33,7 +33,7 @@ def test_flop_count_agrees_with_xla_cost_analysis(overrides):
   elementwise ops too and skips padded conv taps, so exact equality is not expected."""
   config = shapes_caption.get_config()
   config.model.update(overrides)
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   model = objective.build_model(config.model)
   params = jax.eval_shape(lambda: nn.unbox(objective.init_variables(model, jax.random.key(0))))
   batch = objective.batch_spec(8)
@@ -56,7 +56,7 @@ def test_flop_count_agrees_with_xla_cost_analysis(overrides):
 def test_vqvae_flop_count_is_within_10_percent_of_xla():
   """Ours counts every tap of a padded conv; XLA skips the border's zero taps (~8% here)."""
   config = shapes_vqvae.get_config()
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   model = objective.build_model(config.model)
   variables = jax.eval_shape(lambda: nn.unbox(objective.init_variables(model, jax.random.key(0))))
   params = variables.pop("params")

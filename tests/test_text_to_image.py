@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_t2i
-from gpt4v_jax import train
+from gpt4v_jax import runs
 from gpt4v_jax.data.tokenizer import BOI_ID, BOS_ID, EOI_ID, TASK_IDS
 from gpt4v_jax.objectives import prefix_lm
 
@@ -26,7 +26,7 @@ def config(tiny_vqvae_run):
 
 @pytest.fixture(scope="module")
 def objective(config):
-  return train.make_objective(config)
+  return runs.make_objective(config)
 
 
 def _example(seed=0):
@@ -133,10 +133,10 @@ def test_codebook_embedding_init_maps_codebook_distances(config):
   theirs."""
   c = config.copy_and_resolve_references()
   c.objective.code_embedding_init = "codebook"
-  objective = train.make_objective(c)
+  objective = runs.make_objective(c)
   model = objective.build_model(c.model)
   rng = jax.random.PRNGKey(0)
-  fresh = nn.unbox(train.make_objective(config).init_variables(model, rng))
+  fresh = nn.unbox(runs.make_objective(config).init_variables(model, rng))
   variables = nn.unbox(objective.init_variables(model, rng))
   e = np.asarray(variables["params"]["decoder"]["embedding"])
   first, end = objective.code_offset, objective.code_offset + objective.num_codes
@@ -151,4 +151,4 @@ def test_codebook_embedding_init_maps_codebook_distances(config):
   assert 0.5 / width < e[first:end].var() < 2.0 / width
   with pytest.raises(ValueError, match="code_embedding_init"):
     c.objective.code_embedding_init = "pca"
-    train.make_objective(c)
+    runs.make_objective(c)

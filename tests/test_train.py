@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_caption, shapes_vqa
-from gpt4v_jax import checkpoint, config_checks, perf, sharding, train
+from gpt4v_jax import checkpoint, config_checks, perf, runs, sharding, train
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.optimizer import make_optimizer
@@ -24,7 +24,7 @@ def _tiny_config(data_dir=None):
 def _random_batch(config, seed=0):
   """A batch of random images and real caption rows (no dataset needed)."""
   rng = np.random.default_rng(seed)
-  obj = train.make_objective(config)
+  obj = runs.make_objective(config)
   rows = []
   for i in range(config.data.global_batch_size):
     ex = dict(image=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
@@ -39,8 +39,8 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
   model = build_model(config.model)
   tx, schedule = make_optimizer(config.optimizer, config.train.steps)
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    obj = train.make_objective(config)
-    init, _, shardings = train.sharded_state_init(config, obj, model, tx, mesh)
+    obj = runs.make_objective(config)
+    init, _, shardings = runs.sharded_state_init(config, obj, model, tx, mesh)
     bs = sharding.batch_sharding(mesh)
     step = jax.jit(train.make_train_step(obj, model, tx, schedule, deterministic=True,
                                          skip_nonfinite=False,
@@ -112,7 +112,7 @@ def _train_iter(sources, obj, seed=0):
 
 
 def test_pipeline_is_deterministic_and_reshuffles_epochs(tiny_sources):
-  obj = train.make_objective(_tiny_config())
+  obj = runs.make_objective(_tiny_config())
   a, b = _train_iter(tiny_sources, obj), _train_iter(tiny_sources, obj)
   batches_a = [next(a) for _ in range(40)]  # 320 examples: more than one epoch of 256.
   for x, y in zip(batches_a, [next(b) for _ in range(40)]):
@@ -132,7 +132,7 @@ def test_pipeline_is_deterministic_and_reshuffles_epochs(tiny_sources):
 
 def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources, tmp_path):
   config = _tiny_config()
-  obj = train.make_objective(config)
+  obj = runs.make_objective(config)
   model = build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
 
@@ -140,7 +140,7 @@ def test_checkpoint_restores_onto_another_mesh_and_iterator_resumes(tiny_sources
     config.mesh.update(**mesh_sizes)
     mesh = sharding.make_mesh(config.mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-      return train.sharded_state_init(config, obj, model, tx, mesh)
+      return runs.sharded_state_init(config, obj, model, tx, mesh)
 
   init, _, _ = setup(dict(data=8, fsdp=1, tensor=1))
   state = init()
@@ -195,7 +195,7 @@ def test_frozen_encoder_gets_no_update_no_optimizer_state_and_no_backward_pass()
   # Adam keeps two moments per trained param and none for the ViT's.
   tx, schedule = make_optimizer(config.optimizer, config.train.steps)
   with jax.set_mesh(sharding.make_mesh(config.mesh, jax.devices()[:1])):
-    _, abstract, _ = train.sharded_state_init(config, obj, model, tx, sharding.make_mesh(
+    _, abstract, _ = runs.sharded_state_init(config, obj, model, tx, sharding.make_mesh(
         config.mesh, jax.devices()[:1]))
   moments = [x for x in jax.tree.leaves(abstract.opt_state) if x.ndim > 0]
   assert len(moments) == 2 * len(jax.tree.leaves(trained_only(params)))
@@ -203,16 +203,16 @@ def test_frozen_encoder_gets_no_update_no_optimizer_state_and_no_backward_pass()
   vit_forward = config.data.global_batch_size * model.forward_flops(obj.max_text_len)["vit"]
   flops = {}
   for frozen in ((), ("vit",)):
-    state = jax.eval_shape(lambda: train.TrainState(
-        step=jnp.int32(0), params=params, opt_state=tx.init(train.trained_params(params, frozen)),
+    state = jax.eval_shape(lambda: runs.TrainState(
+        step=jnp.int32(0), params=params, opt_state=tx.init(runs.trained_params(params, frozen)),
         model_state={}, rng=jax.random.key(0),
-        counters={k: jnp.int32(0) for k in train.COUNTERS}))
+        counters={k: jnp.int32(0) for k in runs.COUNTERS}))
     step = train.make_train_step(obj, model, tx, schedule, deterministic=True,
                                  skip_nonfinite=False, frozen=frozen)
     flops[frozen] = perf.compiled_flops(jax.jit(step).lower(state, batch).compile())
   assert flops[()] - flops[("vit",)] == pytest.approx(2 * vit_forward, rel=0.1)
   with pytest.raises(ValueError, match=r"config.optimizer.frozen=\('vti',\): \['vti'\]"):
-    train.trained_params(params, ("vti",))
+    runs.trained_params(params, ("vti",))
 
 
 def test_configs_saved_before_keys_were_added_load_with_their_old_behaviour(tmp_path):

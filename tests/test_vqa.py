@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_vqa
-from gpt4v_jax import train
+from gpt4v_jax import runs
 from gpt4v_jax.data import shapes
 from gpt4v_jax.data.pipeline import BadExample
 from gpt4v_jax.objectives import prefix_lm
@@ -14,14 +14,14 @@ from gpt4v_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TASK_IDS
 
 @pytest.fixture(scope="module")
 def obj():
-  return train.make_objective(shapes_vqa.get_config())
+  return runs.make_objective(shapes_vqa.get_config())
 
 
 @pytest.fixture(scope="module")
 def one_question_obj():
   config = shapes_vqa.get_config()
   config.objective.update(questions_per_row=1, max_text_len=16)
-  return train.make_objective(config)
+  return runs.make_objective(config)
 
 
 def _example(**overrides) -> dict:
@@ -157,7 +157,7 @@ def test_dialogue_rows_carry_loss_on_every_answer_and_drop_turns_that_do_not_fit
 
 def test_vqa_dialogue_row_asks_distinct_questions_of_the_image():
   config = shapes_vqa.get_config()  # The default: all questions of the image, 114 slots.
-  obj = train.make_objective(config)
+  obj = runs.make_objective(config)
   ex = shapes.make_example(0, "train", 5)
   row = obj.train_example(shapes.make_standard_example(0, "train", 5), np.random.default_rng(0))
   t = obj.tokenizer
@@ -169,14 +169,14 @@ def test_vqa_dialogue_row_asks_distinct_questions_of_the_image():
   assert row["loss_mask"].sum() == 2 * len(ex["questions"])
   with pytest.raises(ValueError, match="questions_per_row"):
     config.objective.questions_per_row = 0
-    train.make_objective(config)
+    runs.make_objective(config)
 
 
 def test_a_row_too_short_for_the_longest_question_is_a_config_error():
   config = shapes_vqa.get_config()
   config.objective.update(questions_per_row=1, max_text_len=15)
   with pytest.raises(ValueError, match=r"max_text_len=15 cannot hold .* must be >= 16"):
-    train.make_objective(config)
+    runs.make_objective(config)
 
 
 def _turn_spans(text):

@@ -16,7 +16,7 @@ from absl import flags
 
 from configs import shapes_caption
 from experiments.tables import markdown_table
-from gpt4v_jax import sharding, train
+from gpt4v_jax import runs, sharding, train
 from gpt4v_jax.optimizer import make_optimizer
 
 _RESULTS = flags.DEFINE_string(
@@ -48,12 +48,12 @@ def one_device_train_step(config: ml_collections.ConfigDict):
   """Inside the first device's mesh and the config's axis rules, yields (objective, model,
   init, abstract_state, train_step): the real, not yet jitted, train step of `config`."""
   config.mesh.update(data=1, fsdp=1, tensor=1)
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   model = objective.build_model(config.model)
   tx, schedule = make_optimizer(config.optimizer, config.train.steps)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    init, abstract, _ = train.sharded_state_init(config, objective, model, tx, mesh)
+    init, abstract, _ = runs.sharded_state_init(config, objective, model, tx, mesh)
     yield objective, model, init, abstract, train.make_train_step(
         objective, model, tx, schedule, deterministic=True, skip_nonfinite=False)
 

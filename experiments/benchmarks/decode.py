@@ -12,7 +12,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.benchmarks import common
-from gpt4v_jax import decode, train
+from gpt4v_jax import decode, runs
 
 _MODEL = flags.DEFINE_string("model", "mid", "common.model_config name.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Sequences decoded at once.")
@@ -24,7 +24,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (median reported).")
 def main(argv):
   del argv
   config = common.model_config(_MODEL.value)
-  objective = train.make_objective(config)
+  objective = runs.make_objective(config)
   model = objective.build_model(config.model)
   b, p = _BATCH.value, _PROMPT.value
   rng = np.random.default_rng(0)

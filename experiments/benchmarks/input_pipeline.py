@@ -13,9 +13,8 @@ from absl import app, flags
 
 from configs import shapes_vqa
 from experiments.benchmarks import common, train_step
-from gpt4v_jax import perf, train
+from gpt4v_jax import perf, runs
 from gpt4v_jax.data import datasets
-from gpt4v_jax.objectives import mixture
 
 _OBJECTIVES = flags.DEFINE_list("objectives", ["caption", "vqa"], "caption | vqa")
 _BATCHES = flags.DEFINE_integer("batches", 100, "Batches timed after the first.")
@@ -29,12 +28,11 @@ def main(argv):
   rows = []
   for name in _OBJECTIVES.value:
     config = {"caption": common.model_config("default"), "vqa": shapes_vqa.get_config()}[name]
-    objective = train.make_objective(config)
+    objective = runs.make_objective(config)
     config.data.update(data_dir=_DATA_DIR.value, builder_config=_BUILDER_CONFIG.value)
     source = datasets.open_splits(config.data)["train"]
     batch = config.data.global_batch_size
-    it = iter(mixture.train_dataset(
-        objective, source, seed=0, global_batch_size=batch, process_index=0, process_count=1,
+    it = iter(objective.train_dataset(source, seed=0, global_batch_size=batch, process_index=0, process_count=1,
         num_threads=config.data.num_threads))
     next(it)  # Threads started, first batch made.
     t0 = time.perf_counter()

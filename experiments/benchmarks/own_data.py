@@ -8,7 +8,7 @@ examples/s at 224x224, and the ViT-B/16 train step's consumption, on this machin
    captions each into DIR/train/ (the `imagefolder` layout) in a temporary folder, then times
    `image_folder.load` building the array_record copy (images/s, MB/s of JPEG) and a second
    load that reuses it.
-2. Runs the real grain pipeline (`mixture.train_dataset` of configs/coco_captions.py's caption
+2. Runs the real grain pipeline (`objective.train_dataset` of configs/coco_captions.py's caption
    objective, data.name "folder": decode, centre crop or random resized crop to 224, CLIP
    normalisation, byte tokens) with each --threads, and times --batches batches after
    --warmup_batches.
@@ -32,9 +32,8 @@ from absl import app, flags
 
 from configs import coco_captions
 from experiments.benchmarks import common, train_step
-from gpt4v_jax import perf, train
+from gpt4v_jax import perf, runs
 from gpt4v_jax.data import datasets, image_folder
-from gpt4v_jax.objectives import mixture
 
 _IMAGES = flags.DEFINE_integer("images", 500, "Synthetic JPEG photos written and built.")
 _WIDTH = flags.DEFINE_integer("image_width", 640, "Their width in pixels.")
@@ -117,8 +116,8 @@ def write_folder(path: str, n: int, w: int, h: int, quality: int, seed: int = 0)
 
 def pipeline_rate(config, source, threads: int, batch: int) -> tuple[float, float]:
   """(examples/s, seconds) of the real training pipeline over `source`, after warm-up."""
-  objective = train.make_objective(config)
-  it = iter(mixture.train_dataset(objective, source, seed=0, global_batch_size=batch,
+  objective = runs.make_objective(config)
+  it = iter(objective.train_dataset(source, seed=0, global_batch_size=batch,
                                   process_index=0, process_count=1, num_threads=threads))
   for _ in range(_WARMUP.value):  # Threads started, buffers filled once.
     next(it)

@@ -159,7 +159,8 @@ class WordTokenizer(_SpecialIds):
   _SPLIT = re.compile(r"\w+|[^\w\s]")
 
   def __init__(self, words: Sequence[str]):
-    self._pieces = [self.UNK] + list(words)
+    self.words = list(words)  # The list it was built from (what a model export writes).
+    self._pieces = [self.UNK] + self.words
     if len(set(self._pieces)) != len(self._pieces):
       raise ValueError("WordTokenizer: the word list has duplicates or contains '<unk>'.")
     self._ids = {w: i for i, w in enumerate(self._pieces)}

@@ -13,7 +13,6 @@ from jax.experimental import multihost_utils
 
 from gpt4v_jax import sharding
 from gpt4v_jax.data import pipeline
-from gpt4v_jax.objectives.mixture import MixtureObjective
 
 
 def evaluate_split(*, objective: Any, model: Any, params: Any, model_state: Any, source: Any,
@@ -27,9 +26,9 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, model_state: Any,
   outputs, `objective.to_predictions(outputs)` one prediction per item (a text, an image),
   `objective.score(infos, predictions)` the metrics and records. An objective with a
   `sample_grid(infos, predictions)` (images) gets it saved as
-  `{out_dir}/samples_{split}_step{step}.png`. A
-  MixtureObjective evaluates each of its parts in turn, metrics prefixed with the part's name
-  ("caption/object_f1", "vqa/accuracy") and records tagged with it (`task`).
+  `{out_dir}/samples_{split}_step{step}.png`. `objective.evaluate(run)` decides what is run:
+  a single objective itself, a mixture each of its parts (metrics prefixed with the part's
+  name, "caption/object_f1", records tagged with it).
   Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
   Returns (metrics, per-item records); writes `{out_dir}/eval_{split}_step{step}.json`.
   """
@@ -38,18 +37,11 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, model_state: Any,
       _predict_and_score, model=model, params=params, model_state=model_state, source=source,
       num_examples=num_examples, batch_size=batch_size, mesh=mesh,
       on_bad_example=on_bad_example)
-  if isinstance(objective, MixtureObjective):
-    metrics, records = {}, []
-    for name, part in objective.parts.items():
-      part_metrics, part_records, _ = evaluate(part)
-      metrics.update({f"{name}/{k}": v for k, v in part_metrics.items()})
-      records += [dict(task=name, **r) for r in part_records]
-  else:
-    metrics, records, grid = evaluate(objective)
-    if grid is not None and out_dir is not None and jax.process_index() == 0:
-      path = os.path.join(out_dir, f"samples_{split}_step{step}.png")
-      PIL.Image.fromarray(grid).save(path + ".tmp.png")
-      os.replace(path + ".tmp.png", path)
+  metrics, records, grid = objective.evaluate(evaluate)
+  if grid is not None and out_dir is not None and jax.process_index() == 0:
+    path = os.path.join(out_dir, f"samples_{split}_step{step}.png")
+    PIL.Image.fromarray(grid).save(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
   metrics["seconds"] = time.perf_counter() - start
   if out_dir is not None and jax.process_index() == 0:
     path = os.path.join(out_dir, f"eval_{split}_step{step}.json")

@@ -48,6 +48,13 @@ class CaptionObjective(prefix_lm.PrefixLMObjective):
     self.prompt_len = len(self._prompt_ids) + 1  # + BOS
     self.max_new_tokens = max_text_len - self.prompt_len
 
+  def prompt_ids(self, text: str = "") -> list[int]:
+    """The decoding prompt's ids after BOS: `[caption] config prompt`, or `[caption] text`
+    for another prompt text."""
+    if not text:
+      return list(self._prompt_ids)
+    return [self.tokenizer.task_ids["caption"]] + self.tokenizer.encode(text)
+
   def train_example(self, example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Standard example -> {image [S, S, 3] float32, text/ar_mask/... [max_text_len],
     truncated [] int32 (1 if the caption was cut to fit)}.

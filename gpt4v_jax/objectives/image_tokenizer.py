@@ -17,6 +17,7 @@ import numpy as np
 from gpt4v_jax.data import datasets, images
 from gpt4v_jax.evals import scene_parser
 from gpt4v_jax.models import vqvae
+from gpt4v_jax.objectives.base import SingleObjective
 
 
 def build_vqvae(model_config) -> vqvae.VQVAE:
@@ -42,7 +43,7 @@ def same_scene(a: list[dict], b: list[dict], tolerance: float = 1.0) -> bool:
       and abs(p["y"] - q["y"]) <= tolerance for p, q in zip(a, b))
 
 
-class VQVAEObjective:
+class VQVAEObjective(SingleObjective):
   """Image reconstruction through a discrete bottleneck; see the module docstring."""
   name = "vqvae"
   log_keys = ("psnr", "perplexity")

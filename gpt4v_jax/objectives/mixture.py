@@ -89,25 +89,34 @@ class MixtureObjective(PrefixLMObjective):
     return loss_sum / n, dict(token_accuracy=correct / n, target_tokens=tokens,
                               **per_part), model_state
 
+  def rows_per_sub_batch(self, global_batch_size: int) -> dict[str, int]:
+    """`part_rows`: each part's rows of a batch."""
+    if sum(self.part_rows.values()) != global_batch_size:
+      raise ValueError(f"The mixture was built for batches of {sum(self.part_rows.values())} "
+                       f"rows ({self.part_rows}), not {global_batch_size}.")
+    return dict(self.part_rows)
 
-def train_dataset(objective: Any, source: Any, *, seed: int, global_batch_size: int,
-                  process_index: int, process_count: int, num_threads: int,
-                  on_bad_example: str = "skip") -> grain.IterDataset:
-  """`pipeline.train_dataset` of an objective's training rows: of a single objective, its
-  local batches; of a mixture, {part name: its local rows} zipped, `part_rows` of each (the
-  rows the train loop checked against the mesh), part k walking its own shuffled pass over
-  the source (seed + k: the parts see the images in different orders)."""
-  def stream(example_fn, k, rows):
-    return pipeline.train_dataset(
-        source, example_fn, seed=seed + k, local_batch_size=rows // process_count,
-        process_index=process_index, process_count=process_count, num_threads=num_threads,
-        on_bad_example=on_bad_example)
+  def train_dataset(self, source: Any, *, seed: int, global_batch_size: int,
+                    process_index: int, process_count: int, num_threads: int,
+                    on_bad_example: str = "skip") -> grain.IterDataset:
+    """{part name: its local rows} zipped, `part_rows` of each, part k walking its own
+    shuffled pass over the source (seed + k: the parts see the images in different
+    orders)."""
+    rows = self.rows_per_sub_batch(global_batch_size)
+    return pipeline.zip_datasets({
+        name: part.train_dataset(source, seed=seed + k, global_batch_size=rows[name],
+                                 process_index=process_index, process_count=process_count,
+                                 num_threads=num_threads, on_bad_example=on_bad_example)
+        for k, (name, part) in enumerate(self.parts.items())})
 
-  if not isinstance(objective, MixtureObjective):
-    return stream(objective.train_example, 0, global_batch_size)
-  if sum(objective.part_rows.values()) != global_batch_size:
-    raise ValueError(f"The mixture was built for batches of {sum(objective.part_rows.values())} "
-                     f"rows ({objective.part_rows}), not {global_batch_size}.")
-  return pipeline.zip_datasets({
-      name: stream(part.train_example, k, objective.part_rows[name])
-      for k, (name, part) in enumerate(objective.parts.items())})
+  def evaluate(self, run) -> tuple[dict, list[dict], None]:
+    """Each part's own evaluation in turn: metrics prefixed with the part's name
+    ("caption/object_f1"), records tagged with it (`task`); no image grid."""
+    metrics, records = {}, []
+    for name, part in self.parts.items():
+      part_metrics, part_records, _ = part.evaluate(run)
+      metrics.update({f"{name}/{k}": v for k, v in part_metrics.items()})
+      records += [dict(task=name, **r) for r in part_records]
+    return metrics, records, None
+
+

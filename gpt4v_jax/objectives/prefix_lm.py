@@ -19,6 +19,7 @@ import numpy as np
 
 from gpt4v_jax import decode
 from gpt4v_jax.models.gpt4v import build_model
+from gpt4v_jax.objectives.base import SingleObjective
 
 
 def make_row(prompt_ids: list[int], target_ids: list[int], *, bos_id: int, eos_id: int,
@@ -102,7 +103,7 @@ def next_token_loss(logits: jax.Array, targets: jax.Array,
   return loss, dict(token_accuracy=correct.sum() / num_tokens, target_tokens=loss_mask.sum())
 
 
-class PrefixLMObjective:
+class PrefixLMObjective(SingleObjective):
   """The train loop's and evaluator's interface, for objectives that predict tokens after an
   image and a prompt with `GPT4V`. A subclass sets `name`, `tokenizer`, `preprocess` (the
   `images.Preprocess` its images go through), `max_text_len`, `prompt_len` and

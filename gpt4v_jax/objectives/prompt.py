@@ -59,7 +59,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     return [(decode_text(p, "prompt"), decode_text(t, "target"))
             for p, t in zip(prompts, targets)]
 
-  def _prompt_ids(self, prompt: str) -> list[int]:
+  def prompt_ids(self, prompt: str) -> list[int]:
     """`[prompt task] prompt` ids (BOS is added by prefix_lm); BadExample if the prompt is
     longer than max_prompt_len tokens (cutting it could cut what the target needs)."""
     ids = self.tokenizer.encode(prompt)
@@ -94,7 +94,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     pairs = self._pairs(example)
     prompt, target = pairs[rng.integers(len(pairs))]
     t = self.tokenizer
-    row, truncated = prefix_lm.make_row(self._prompt_ids(prompt), t.encode(target),
+    row, truncated = prefix_lm.make_row(self.prompt_ids(prompt), t.encode(target),
                                         bos_id=t.bos_id, eos_id=t.eos_id, pad_id=t.pad_id,
                                         max_len=self.max_text_len)
     out = dict(has_image=np.bool_(has_image), truncated=np.int32(truncated), **row)
@@ -119,7 +119,7 @@ class PromptObjective(prefix_lm.PrefixLMObjective):
     items = []
     for prompt, target in self._pairs(example):
       inputs = dict(has_image=np.bool_(has_image),
-                    **prefix_lm.make_prompt(self._prompt_ids(prompt), bos_id=t.bos_id,
+                    **prefix_lm.make_prompt(self.prompt_ids(prompt), bos_id=t.bos_id,
                                             pad_id=t.pad_id, max_len=self.prompt_len))
       if image is not None:
         inputs["image"] = image

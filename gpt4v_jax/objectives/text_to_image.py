@@ -82,7 +82,11 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
                        f"{self.num_image_codes} codes + EOI.")
     self.max_text_len = needed if max_text_len is None else max_text_len
 
-  def _prompt_ids(self, caption: str) -> tuple[list[int], bool]:
+  def prompt_ids(self, caption: str) -> list[int]:
+    """`[t2i] caption [BOI]` ids (after BOS), the caption cut to max_caption_len tokens."""
+    return self._caption_prompt(caption)[0]
+
+  def _caption_prompt(self, caption: str) -> tuple[list[int], bool]:
     """(`[t2i] caption [BOI]` ids, whether the caption had to be cut to max_caption_len)."""
     ids = self.tokenizer.encode(caption)
     t = self.tokenizer
@@ -112,7 +116,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     caption = random_caption(example, rng)
     if rng.random() < self.caption_dropout:
       caption = ""
-    prompt, truncated = self._prompt_ids(caption)
+    prompt, truncated = self._caption_prompt(caption)
     t = self.tokenizer
     row, _ = prefix_lm.make_row(prompt, [0] * self.num_image_codes, bos_id=t.bos_id,
                                 eos_id=t.eoi_id, pad_id=t.pad_id, max_len=self.max_text_len)
@@ -159,9 +163,9 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
     uncond_prompt, uncond_mask, seed}, {id, caption, objects: the scene, left to right})."""
     caption = decode_text(example["captions"][0], "caption")
     t = self.tokenizer
-    prompt = prefix_lm.make_prompt(self._prompt_ids(caption)[0], bos_id=t.bos_id,
+    prompt = prefix_lm.make_prompt(self.prompt_ids(caption), bos_id=t.bos_id,
                                    pad_id=t.pad_id, max_len=self.prompt_len)
-    uncond = prefix_lm.make_prompt(self._prompt_ids("")[0], bos_id=t.bos_id,
+    uncond = prefix_lm.make_prompt(self.prompt_ids(""), bos_id=t.bos_id,
                                    pad_id=t.pad_id, max_len=3)
     objects = sorted(example["scene"], key=lambda o: o["x"])
     return [(dict(**prompt, uncond_prompt=uncond["prompt"],
@@ -170,8 +174,7 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
 
   def predict(self, model, params, model_state: dict, inputs: dict) -> jax.Array:
     """One image per prompt and guidance scale: [batch, len(cfg_scales), H, W, 3] uint8."""
-    allowed = (jnp.arange(model.decoder.vocab_size) >= self.code_offset) & (
-        jnp.arange(model.decoder.vocab_size) < self.code_offset + self.num_codes)
+    allowed = self.allowed_tokens(model.decoder.vocab_size)
     # Each batch draws with its own key, from its first example's id: reproducible, and
     # independent of how the eval set is batched only up to that.
     rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), inputs["seed"][0])
@@ -183,9 +186,18 @@ class TextToImageObjective(prefix_lm.PrefixLMObjective):
           allowed_tokens=allowed,
           uncond_prompt=inputs["uncond_prompt"], uncond_prompt_mask=inputs["uncond_mask"],
           cfg_scale=scale, **self.sampling)
-      images.append(_draw(self.vq_model, model_state["image_tokenizer"],
-                          self._unflatten(tokens - self.code_offset)))
+      images.append(self.draw(model_state, tokens))
     return jnp.stack(images, axis=1)
+
+  def draw(self, model_state: dict, tokens: jax.Array) -> jax.Array:
+    """Generated code tokens [batch, num_image_codes] -> images [batch, H, W, 3] uint8."""
+    return _draw(self.vq_model, model_state["image_tokenizer"],
+                 self._unflatten(tokens - self.code_offset))
+
+  def allowed_tokens(self, vocab_size: int) -> jax.Array:
+    """[vocab_size] bool: the image-code tokens, the only ones drawing may choose."""
+    ids = jnp.arange(vocab_size)
+    return (ids >= self.code_offset) & (ids < self.code_offset + self.num_codes)
 
   def _flatten(self, codes: jax.Array) -> jax.Array:
     """Code grid [batch, h, w] -> the sequence the decoder writes [batch, h * w]."""

@@ -79,7 +79,7 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
                       atype=_label(atypes[i], "answer type") if len(atypes) else ""))
     return out
 
-  def _prompt_ids(self, question: str) -> list[int]:
+  def prompt_ids(self, question: str) -> list[int]:
     """`[vqa] question` ids (BOS is added by prefix_lm); BadExample if the question is longer
     than max_question_len tokens."""
     question_ids = self.tokenizer.encode(question)
@@ -95,7 +95,7 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
     they do not fit).
 
     Raises BadExample for a missing image or one that does not decode, and for questions
-    that `_questions` or `_prompt_ids` reject.
+    that `_questions` or `prompt_ids` reject.
     """
     image = datasets.example_image(example, self.preprocess, rng)
     qas = self._questions(example)
@@ -104,7 +104,7 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
     else:
       chosen = [qas[i] for i in rng.permutation(len(qas))[:self.questions_per_row]]
     t = self.tokenizer
-    turns = [(self._prompt_ids(qa["question"]), t.encode(qa["answer"])) for qa in chosen]
+    turns = [(self.prompt_ids(qa["question"]), t.encode(qa["answer"])) for qa in chosen]
     row, truncated = prefix_lm.make_dialogue_row(turns, bos_id=t.bos_id, eos_id=t.eos_id,
                                                  pad_id=t.pad_id, max_len=self.max_text_len)
     return dict(image=image, truncated=np.int32(truncated), **row)
@@ -114,7 +114,7 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
     [prompt_len]}, {id, question, answers, answer, qtype, atype})."""
     t = self.tokenizer
     image = datasets.example_image(example, self.preprocess)
-    return [(dict(image=image, **prefix_lm.make_prompt(self._prompt_ids(qa["question"]),
+    return [(dict(image=image, **prefix_lm.make_prompt(self.prompt_ids(qa["question"]),
                                                        bos_id=t.bos_id, pad_id=t.pad_id,
                                                        max_len=self.prompt_len)),
              dict(id=str(example["id"]), **qa))

@@ -1,0 +1,81 @@
+"""Export a run as a self-contained model directory (`model_dir.py` describes it):
+
+  python -m gpt4v_jax.export --workdir=workdirs/shapes_caption --out=models/shapes_caption \
+      [--params_format=safetensors]
+
+The directory holds the config, the params (no optimizer state), the tokenizer's file, the
+image preprocessing and, for text-to-image, its VQ-VAE; `Model.from_pretrained(out)` loads it
+on any machine and device count, without the workdir or the dataset.
+"""
+import os
+import tempfile
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from gpt4v_jax import model_dir, runs
+from gpt4v_jax.data import datasets
+from gpt4v_jax.data.tokenizer import get_tokenizer
+from gpt4v_jax.metric_writer import log
+
+
+def export(workdir: str, out_dir: str, *, params_format: str = "orbax") -> str:
+  """Writes the newest checkpoint of the run in `workdir` to the model directory `out_dir`
+  (replaced if it exists); returns its absolute path."""
+  workdir, out_dir = os.path.abspath(workdir), os.path.abspath(out_dir)
+  config, _, state, step = runs.restore_run(workdir, "Run to export")
+  config = ml_collections.ConfigDict(config.to_dict())
+  variables = {"params": state.params,
+               **{k: v for k, v in state.model_state.items() if k != "image_tokenizer"}}
+  image_tokenizers = []
+  parts = config.objective.mixture.values() if config.objective.kind == "mixture" else [
+      config.objective]
+  for keys in parts:
+    if keys.get("image_tokenizer"):
+      image_tokenizers.append(keys.image_tokenizer)
+      keys.image_tokenizer = "image_tokenizer"
+  config.init.workdir = ""  # What it started from is in the params now.
+  with tempfile.TemporaryDirectory() as tmp:
+    config.tokenizer, files = _tokenizer_files(config.tokenizer, tmp)
+    model_dir.write(out_dir, config, variables, preprocess=datasets.preprocess(config.data),
+                    params_format=params_format, files=files,
+                    info=dict(source_workdir=workdir, step=step,
+                              objective=config.objective.kind))
+  for source in image_tokenizers[:1]:  # Every part names the same one.
+    export(source, os.path.join(out_dir, "image_tokenizer"), params_format=params_format)
+  log(f"Exported step {step} of {workdir} to {out_dir} ({params_format}).")
+  return out_dir
+
+
+def _tokenizer_files(spec: str, tmp: str) -> tuple[str, dict[str, str]]:
+  """(the tokenizer spec inside the model directory, {relative path: file to copy})."""
+  if spec == "bytes":
+    return spec, {}
+  kind, _, path = spec.partition(":")
+  if kind == "words":  # The word list itself, also for the built-in "shapes" one.
+    words = os.path.join(tmp, "words.txt")
+    tokenizer = get_tokenizer(spec)
+    with open(words, "w", encoding="utf-8") as f:
+      f.write("\n".join(tokenizer.words) + "\n")
+    return "words:tokenizer/words.txt", {"tokenizer/words.txt": words}
+  if kind == "hf" and os.path.isdir(path):
+    path = os.path.join(path, "tokenizer.json")
+  rel = f"tokenizer/{os.path.basename(path)}"
+  return f"{kind}:{rel}", {rel: path}
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run to export.")
+_OUT = flags.DEFINE_string("out", None, "The model directory to write (replaced).")
+_FORMAT = flags.DEFINE_enum("params_format", "orbax", model_dir.PARAMS_FORMATS,
+                            "How the params are stored.")
+
+
+def main(argv):
+  del argv
+  export(_WORKDIR.value, _OUT.value, params_format=_FORMAT.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)
