@@ -19,6 +19,7 @@ import os
 
 from absl import app, flags
 
+from experiments.tables import final_eval
 from gpt4v_jax.data import shapes
 from gpt4v_jax.evals import caption_metrics, vqa_metrics
 
@@ -27,16 +28,6 @@ _FOLDER = flags.DEFINE_string("folder", None, "Workdir of the run on the exporte
 _EMBEDDED = flags.DEFINE_string("embedded", None, "Workdir of the run on embedded shapes.",
                                 required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split whose final eval JSON is compared.")
-
-
-def final_eval(workdir: str, split: str) -> dict:
-  """The eval JSON of `split` at the run's last step."""
-  paths = glob.glob(os.path.join(workdir, f"eval_{split}_step*.json"))
-  if not paths:
-    raise FileNotFoundError(f"No eval_{split}_step*.json in {workdir}.")
-  path = max(paths, key=lambda p: int(p.rsplit("step", 1)[1].split(".")[0]))
-  with open(path) as f:
-    return json.load(f)
 
 
 def score(records: list[dict]) -> dict[str, float]:

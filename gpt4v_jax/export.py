@@ -37,7 +37,9 @@ def export(workdir: str, out_dir: str, *, params_format: str = "orbax") -> str:
       keys.image_tokenizer = "image_tokenizer"
   config.init.workdir = ""  # What it started from is in the params now.
   with tempfile.TemporaryDirectory() as tmp:
-    config.tokenizer, files = _tokenizer_files(config.tokenizer, tmp)
+    files = {}
+    if "tokenizer" in config:  # A VQ-VAE has none.
+      config.tokenizer, files = _tokenizer_files(config.tokenizer, tmp)
     model_dir.write(out_dir, config, variables, preprocess=datasets.preprocess(config.data),
                     params_format=params_format, files=files,
                     info=dict(source_workdir=workdir, step=step,
@@ -65,17 +67,15 @@ def _tokenizer_files(spec: str, tmp: str) -> tuple[str, dict[str, str]]:
   return f"{kind}:{rel}", {rel: path}
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run to export.")
-_OUT = flags.DEFINE_string("out", None, "The model directory to write (replaced).")
-_FORMAT = flags.DEFINE_enum("params_format", "orbax", model_dir.PARAMS_FORMATS,
-                            "How the params are stored.")
-
-
 def main(argv):
   del argv
-  export(_WORKDIR.value, _OUT.value, params_format=_FORMAT.value)
+  export(flags.FLAGS.workdir, flags.FLAGS.out, params_format=flags.FLAGS.params_format)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir", "out"])
+  # Defined here, not on import: `predict` (imported beside this module) has an --out too.
+  flags.DEFINE_string("workdir", None, "The training run to export.", required=True)
+  flags.DEFINE_string("out", None, "The model directory to write (replaced).", required=True)
+  flags.DEFINE_enum("params_format", "orbax", model_dir.PARAMS_FORMATS,
+                    "How the params are stored.")
   app.run(main)

@@ -1,4 +1,5 @@
-"""Entry point: python -m gpt4v_jax.main --config=configs/X.py[:variant] --workdir=DIR.
+"""Entry point: python -m gpt4v_jax.main --config=configs/X.py[:variant] --workdir=DIR; from
+Python (a notebook), `main.train(config, workdir)`.
 
 Config values are overridden with --config.key=value; unknown keys and wrong types are
 rejected by ml_collections before anything runs. Multi-host: set --distributed (TPU pods need
@@ -28,6 +29,14 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def train(config, workdir: str, *, allow_config_change: bool = False) -> dict:
+  """Trains and evaluates `config` in `workdir` (resuming whatever it holds), as the command
+  line does; returns the final metrics {split: metrics, "train": cost}. The one way to train
+  from Python; a trained run is used through `gpt4v_jax.Model`."""
+  from gpt4v_jax import train as loop  # Imports jax: after XLA_FLAGS and flags are set.
+  return loop.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
+
+
 def main(argv):
   del argv
   # Our progress lines go to stdout; keep library INFO chatter (Orbax, TFDS) out of the way.
@@ -39,10 +48,9 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from gpt4v_jax import preemption, train
+  from gpt4v_jax import preemption
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except preemption.Preempted as e:
     command = shlex.join([sys.executable, "-m", "gpt4v_jax.main", *sys.argv[1:]])
     print(f"{e}; its checkpoint is committed in {_WORKDIR.value}/checkpoints. "

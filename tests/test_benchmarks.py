@@ -33,6 +33,25 @@ def test_benchmark_prints_a_table_and_writes_json(tmp_path, module, flags):
     assert result["rows"][0]["cache_compiles"] == result["rows"][0]["recompute_compiles"] == 1
 
 
+def test_generate_benchmark_runs(tmp_path):
+  """Model.generate at tiny sizes: the speedup is the ratio of the two rates, every asked
+  bucket has a compile time, warm calls reuse their bucket's program, and the params counted
+  are the default model's (counted here from shapes alone)."""
+  row = _run("generate", ["--models=default", "--batches=1,2", "--max_new_tokens=2",
+                          "--first_token_batches=1", "--repeats=1",
+                          "--compile_buckets=1x8,2x16"], tmp_path)["rows"][0]
+  assert row["model"] == "default" and row["new_tokens"] == 2
+  assert row["b2_over_b1"] == pytest.approx(row["tokens_per_s_b2"] / row["tokens_per_s_b1"])
+  assert row["first_token_ms_b1"] > 0 and {"compile_s_b1_l8", "compile_s_b2_l16"} <= set(row)
+  assert row["warm_compiles"] == 0
+  config = common.model_config("default")
+  objective = runs.make_objective(config)
+  shapes = jax.eval_shape(lambda: objective.init_variables(
+      objective.build_model(config.model), jax.random.PRNGKey(0)))
+  assert row["params_M"] == pytest.approx(
+      sum(x.size for x in jax.tree.leaves(shapes["params"])) / 1e6)
+
+
 def test_input_pipeline_benchmark_runs(tmp_path, tiny_data_dir):
   row = _run("input_pipeline", ["--objectives=caption", "--batches=2", "--builder_config=tiny",
                                  f"--data_dir={tiny_data_dir}"], tmp_path)["rows"][0]

@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import shapes_caption
-from gpt4v_jax import checkpoint, config_checks, preemption, runs, sharding, train
+from gpt4v_jax import checkpoint, config_checks, preemption, runs, sharding, train_step
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -268,7 +268,7 @@ def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   state = runs.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            model_state={}, rng=jax.random.PRNGKey(1),
                            counters={k: jnp.int32(0) for k in runs.COUNTERS})
-  good_step = jax.jit(train.make_train_step(objective, model, tx, schedule, deterministic=True,
+  good_step = jax.jit(train_step.make_train_step(objective, model, tx, schedule, deterministic=True,
                                             skip_nonfinite=True))
   state, metrics = good_step(state, batch)
   assert bool(metrics["finite"])
@@ -277,7 +277,7 @@ def test_nonfinite_update_is_skipped_and_counted(learning_rate, bad_image):
   # A NaN image (NaN loss and gradients) or a NaN learning rate (finite gradients, NaN update).
   config.optimizer.learning_rate = learning_rate
   tx_bad, schedule_bad = make_optimizer(config.optimizer, 10)
-  bad_step = jax.jit(train.make_train_step(objective, model, tx_bad, schedule_bad,
+  bad_step = jax.jit(train_step.make_train_step(objective, model, tx_bad, schedule_bad,
                                            deterministic=True,
                                            skip_nonfinite=True))
   new, metrics = bad_step(state, _toy_batch(bad_image))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_multitask
-from gpt4v_jax import config_checks, decode, runs, sharding, train
+from gpt4v_jax import config_checks, decode, main, runs, sharding
 from gpt4v_jax.data.tokenizer import TASK_IDS, get_tokenizer
 from gpt4v_jax.evals import evaluator
 from gpt4v_jax.objectives import mixture, prefix_lm
@@ -124,7 +124,7 @@ def test_part_rows_that_do_not_divide_the_mesh_fail_before_compiling(tiny_source
   c.data.data_dir = tiny_data_dir
   with pytest.raises(ValueError, match=r"config.objective.mixture.caption's rows per batch .*"
                      r"=6 is not divisible by the mesh's data\*fsdp = 8"):
-    train.train_and_evaluate(c, str(tmp_path / "run"))
+    main.train(c, str(tmp_path / "run"))
 
 
 def test_each_part_is_evaluated_and_its_metrics_prefixed(tiny_sources, tmp_path,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_caption, shapes_vqa
-from gpt4v_jax import checkpoint, config_checks, perf, runs, sharding, train
+from gpt4v_jax import checkpoint, config_checks, perf, runs, sharding, train_step
 from gpt4v_jax.data import pipeline
 from gpt4v_jax.models.gpt4v import build_model
 from gpt4v_jax.optimizer import make_optimizer
@@ -42,7 +42,7 @@ def _run_steps(config, devices, batch, max_text_len, num_steps=2):
     obj = runs.make_objective(config)
     init, _, shardings = runs.sharded_state_init(config, obj, model, tx, mesh)
     bs = sharding.batch_sharding(mesh)
-    step = jax.jit(train.make_train_step(obj, model, tx, schedule, deterministic=True,
+    step = jax.jit(train_step.make_train_step(obj, model, tx, schedule, deterministic=True,
                                          skip_nonfinite=False,
                                          frozen=tuple(config.optimizer.frozen),
                                          microbatches=config.train.microbatches),
@@ -207,7 +207,7 @@ def test_frozen_encoder_gets_no_update_no_optimizer_state_and_no_backward_pass()
         step=jnp.int32(0), params=params, opt_state=tx.init(runs.trained_params(params, frozen)),
         model_state={}, rng=jax.random.key(0),
         counters={k: jnp.int32(0) for k in runs.COUNTERS}))
-    step = train.make_train_step(obj, model, tx, schedule, deterministic=True,
+    step = train_step.make_train_step(obj, model, tx, schedule, deterministic=True,
                                  skip_nonfinite=False, frozen=frozen)
     flops[frozen] = perf.compiled_flops(jax.jit(step).lower(state, batch).compile())
   assert flops[()] - flops[("vit",)] == pytest.approx(2 * vit_forward, rel=0.1)

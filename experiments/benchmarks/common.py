@@ -16,7 +16,7 @@ from absl import flags
 
 from configs import shapes_caption
 from experiments.tables import markdown_table
-from gpt4v_jax import runs, sharding, train
+from gpt4v_jax import runs, sharding, train_step
 from gpt4v_jax.optimizer import make_optimizer
 
 _RESULTS = flags.DEFINE_string(
@@ -54,7 +54,7 @@ def one_device_train_step(config: ml_collections.ConfigDict):
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
     init, abstract, _ = runs.sharded_state_init(config, objective, model, tx, mesh)
-    yield objective, model, init, abstract, train.make_train_step(
+    yield objective, model, init, abstract, train_step.make_train_step(
         objective, model, tx, schedule, deterministic=True, skip_nonfinite=False)
 
 
