@@ -281,8 +281,8 @@ class Model:
 
   def _finish(self, row: np.ndarray, stop_ids: np.ndarray, stop_strings, score) -> Generation:
     """Tokens up to the first stop id; text up to the first stop string."""
-    row = [int(i) for i in row]
-    ends = [k for k, i in enumerate(row) if i in stop_ids]
+    row, stops = [int(i) for i in row], {int(i) for i in stop_ids}
+    ends = [k for k, i in enumerate(row) if i in stops]
     tokens = row[:ends[0]] if ends else row
     text = self.tokenizer.decode(tokens)
     cuts = [text.find(s) for s in stop_strings if s and s in text]

@@ -231,12 +231,12 @@ def test_decoder_cache_matches_no_cache(model, variables):
 
   empty = dec.init_cache(b, max_len)
   assert len(empty) == 2
-  assert empty[0]["k"].shape == (b, max_len, 2, 16)
+  assert empty[0]["k"].shape == (b, 2, max_len, 16)
   logits_cached, filled = jax.jit(nn.apply(run, dec))(dec_vars, empty)
   np.testing.assert_allclose(logits_cached, logits, atol=1e-5)
   assert jax.tree.map(jnp.shape, filled) == jax.tree.map(jnp.shape, empty)
-  assert jnp.all(jnp.any(filled[0]["k"][:, :t] != 0, axis=(2, 3)))
-  assert not jnp.any(filled[0]["k"][:, t:])  # Only slots [0, t) are written.
+  assert jnp.all(jnp.any(filled[0]["k"][:, :, :t] != 0, axis=(1, 3)))
+  assert not jnp.any(filled[0]["k"][:, :, t:])  # Only slots [0, t) are written.
 
 
 def test_decoder_validates_heads():

@@ -3,8 +3,11 @@
 The KV cache is a plain pytree, not a Linen "cache" collection, so decoding
 code can build, carry and inspect it like any other array tree:
 
-  cache = [dict(k=[batch, max_len, kv_heads, head_dim],
-                v=[batch, max_len, kv_heads, head_dim])] * depth
+  cache = [dict(k=[batch, kv_heads, max_len, head_dim],
+                v=[batch, kv_heads, max_len, head_dim])] * depth
+
+Heads before slots: a decode step's attention dots then read the cache as it is laid out
+(see `attention.cached_attention`).
 """
 import jax
 import jax.numpy as jnp
@@ -18,6 +21,8 @@ _BTM = ("activation_batch", "activation_length", "activation_mlp")
 _BTHD = ("activation_batch", "activation_length", "activation_heads",
          "activation_head_dim")
 _BTKD = ("activation_batch", "activation_length", "activation_kv_heads",
+         "activation_head_dim")
+_BKTD = ("activation_batch", "activation_kv_heads", "activation_length",
          "activation_head_dim")
 
 
@@ -38,29 +43,38 @@ def _rms_norm(dtype, name):
       name=name)
 
 
-def apply_rope(x, positions, base):
+def rope_rotations(positions, head_dim, base):
+  """RoPE's per-position factors: (cos, signed_sin), each [batch, length, 1, 1 or 2, half]
+  float32, for `apply_rope`; positions [batch, length] int."""
+  half = head_dim // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  # [batch, length, 1, 1, half], broadcasting over heads and the two halves.
+  angles = positions.astype(jnp.float32)[..., None, None, None] * freqs
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  return cos, jnp.concatenate([-sin, sin], axis=-2)
+
+
+def apply_rope(x, positions, base, rotations=None):
   """Rotary position embedding (rotate-half convention).
 
   Args:
     x: [batch, length, heads, head_dim], head_dim even.
     positions: [batch, length] int, absolute position of each token.
     base: RoPE wavelength base.
+    rotations: optional `rope_rotations(positions, head_dim, base)`, computed once for
+      several calls.
 
   Returns:
     x rotated by position-dependent angles, same shape and dtype.
   """
   b, t, h, d = x.shape
   dtype, half = x.dtype, d // 2
-  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  # [batch, length, 1, 1, half], broadcasting over heads and the two halves.
-  angles = positions.astype(jnp.float32)[..., None, None, None] * freqs
-  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  cos, signed_sin = rope_rotations(positions, d, base) if rotations is None else rotations
   # Rotate in float32: bf16 angles lose precision at large positions. With x's halves
   # (x1, x2) as an axis of 2: (x1 cos - x2 sin, x2 cos + x1 sin) = x cos + flip(x) (-sin,
   # sin), elementwise with a reversed index, which XLA fuses (a concatenate of the halves
   # cost the mid benchmark model ~0.3 s per train step, forward and backward).
   x = x.astype(jnp.float32).reshape(b, t, h, 2, half)
-  signed_sin = jnp.concatenate([-sin, sin], axis=-2)
   out = x * cos + jnp.flip(x, axis=-2) * signed_sin
   return out.reshape(b, t, h, d).astype(dtype)
 
@@ -80,8 +94,10 @@ class Attention(nn.Module):
     Args:
       x: [batch, t, embed].
       positions: [batch, t] int RoPE positions.
-      attn_mask: [batch, t, s] bool; s = t without cache, max_len with.
-      cache: None, or dict(k, v) of [batch, max_len, kv_heads, head_dim].
+      attn_mask: [batch, t, s] bool; s = t without cache; with a cache s = max_len (the
+        t new tokens attend over every cache slot), or s = t when the cache is fresh
+        (prefill, cache_index 0: they attend among themselves).
+      cache: None, or dict(k, v) of [batch, kv_heads, max_len, head_dim].
       cache_index: scalar int32, first slot written when cache is given.
 
     Returns:
@@ -100,28 +116,50 @@ class Attention(nn.Module):
     wo = self.param("out", _init(("heads", "head_dim", "embed"), (0, 1), 2),
                     (hq, d, width), jnp.float32)
 
-    q = matmul.contract(x, wq.astype(self.dtype))
-    k = matmul.contract(x, wk.astype(self.dtype))
-    v = matmul.contract(x, wv.astype(self.dtype))
-    q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_base),
+    if cache is None:
+      q = matmul.contract(x, wq.astype(self.dtype))
+      k = matmul.contract(x, wk.astype(self.dtype))
+      v = matmul.contract(x, wv.astype(self.dtype))
+    else:
+      # One [rows, width] x [width, (heads + 2 kv_heads) head_dim] matmul: XLA:CPU runs the
+      # three of the mid benchmark model at ~45% of its matmul rate in a batch-64 decode step
+      # (~60% in the prefill), this one at ~75% (~100%). The concatenated kernel does not
+      # depend on the step: XLA builds it once per call.
+      w_qkv = jnp.concatenate([w.reshape(width, -1) for w in (wq, wk, wv)], axis=1)
+      qkv = matmul.contract(x, w_qkv.astype(self.dtype))
+      q, k, v = jnp.split(qkv, [hq * d, (hq + hkv) * d], axis=-1)
+      q = q.reshape(*x.shape[:2], hq, d)
+      k, v = (y.reshape(*x.shape[:2], hkv, d) for y in (k, v))
+    rotations = None
+    if cache is not None:
+      # XLA fuses cos into every element of q and k that it multiplies: a decode step spent
+      # more time on it than on the rotation. As a concatenate (like signed_sin, which XLA
+      # does not fuse into its users) it is computed once per layer.
+      cos, signed_sin = rope_rotations(positions, d, self.rope_base)
+      rotations = jnp.concatenate([cos, cos], axis=-2), signed_sin
+    q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_base, rotations),
                                    _BTHD)
-    k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_base),
+    k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_base, rotations),
                                    _BTKD)
     v = nn.with_logical_constraint(v, _BTKD)
 
-    if cache is not None:
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
-                                       start)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
-                                       start)
-      k = nn.with_logical_constraint(k, _BTKD)
-      v = nn.with_logical_constraint(v, _BTKD)
-      cache = dict(k=k, v=v)
-
-    # GQA (heads % kv_heads == 0), the softmax in float32.
-    y = attention.dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype),
-                                        mask=attn_mask[:, None, :, :])
+    if cache is None:
+      # GQA (heads % kv_heads == 0), the softmax in float32.
+      y = attention.dot_product_attention(q, k, v, mask=attn_mask[:, None, :, :])
+    else:
+      # The cache is [batch, kv_heads, max_len, head_dim]: the t new keys and values go in
+      # as [batch, kv_heads, t, head_dim] (a free reshape for a decode step's t = 1).
+      start = (0, 0, cache_index, 0)
+      cache = {name: nn.with_logical_constraint(jax.lax.dynamic_update_slice(
+          cache[name], jnp.swapaxes(new, 1, 2).astype(cache[name].dtype), start), _BKTD)
+               for name, new in (("k", k), ("v", v))}
+      if attn_mask.shape[-1] == x.shape[1]:
+        # Prefill of a fresh cache: the other slots are empty, so the new tokens attend
+        # among themselves, as without a cache, rather than over all max_len slots.
+        y = attention.dot_product_attention(q, k, v, mask=attn_mask[:, None, :, :])
+      else:
+        y = attention.cached_attention(q, cache["k"].astype(self.dtype),
+                                       cache["v"].astype(self.dtype), attn_mask)
     y = nn.with_logical_constraint(y, _BTHD)
     y = matmul.contract(y, wo.astype(self.dtype), 2)
     return nn.with_logical_constraint(y, _BTE), cache
@@ -328,10 +366,10 @@ class Decoder(nn.Module):
     """Zero KV cache; needs no params, so works on an unbound module.
 
     Returns:
-      [dict(k=zeros[batch, max_len, kv_heads, head_dim], v=...)] * depth, or with
-      scan_layers one dict(k=zeros[depth, batch, max_len, kv_heads, head_dim], v=...).
+      [dict(k=zeros[batch, kv_heads, max_len, head_dim], v=...)] * depth, or with
+      scan_layers one dict(k=zeros[depth, batch, kv_heads, max_len, head_dim], v=...).
     """
-    shape = (batch, max_len, self.num_kv_heads, self.resolved_head_dim)
+    shape = (batch, self.num_kv_heads, max_len, self.resolved_head_dim)
     dtype = dtype or self.dtype
     if self.scan_layers:
       shape = (self.depth,) + shape
@@ -422,7 +460,8 @@ class Decoder(nn.Module):
       x: [batch, t, width] input embeddings.
       positions: [batch, t] int RoPE positions.
       attn_mask: [batch, t, t] bool without cache; [batch, t, max_len] bool
-        over cache slots with cache.
+        over cache slots with cache, or [batch, t, t] when prefilling a fresh cache
+        (cache_index 0), see `Attention`.
       cache: None or the pytree from `init_cache`; the t new keys/values are
         written at slots [cache_index, cache_index + t).
       cache_index: scalar int32 (may be traced), used with cache.

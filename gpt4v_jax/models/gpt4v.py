@@ -191,9 +191,9 @@ class GPT4V(nn.Module):
     x, context = self._fuse(image_tokens, self.decoder.embed(prompt), image_mask)
     valid = jnp.concatenate(
         [_image_valid(image_mask, b, n), prompt_mask.astype(bool)], axis=1)
-    # The whole prefix is ar=0: full attention among valid tokens.
+    # The whole prefix is ar=0: full attention among valid tokens. [b, n + p, n + p]: the
+    # cache is fresh, so the prefix attends among itself, not over all max_len slots.
     mask = prefix_lm_mask(jnp.zeros((b, n + p), jnp.int32), valid)
-    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, max_len - n - p)))
     positions = jnp.broadcast_to(jnp.arange(n + p), (b, n + p))
     logits, cache = self.decoder(x, positions, mask,
                                  cache=self.decoder.init_cache(b, max_len),
