@@ -16,17 +16,29 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False,
-    "Resume a workdir whose run used a config that differs in settings that change results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_FLAGS = {}  # name -> FlagHolder, once `define_flags` ran.
+
+
+def define_flags() -> None:
+  """The command line's flags. Defined when the command runs, not on import: importing this
+  module for `train` (a notebook) must not claim flag names other absl programs use."""
+  if _FLAGS:
+    return
+  _FLAGS.update(
+      config=config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                             lock_config=True),
+      workdir=flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here."),
+      distributed=flags.DEFINE_bool("distributed", False,
+                                    "Call jax.distributed.initialize()."),
+      coordinator_address=flags.DEFINE_string("coordinator_address", None,
+                                               "host:port of process 0."),
+      num_processes=flags.DEFINE_integer("num_processes", None, "Processes in the job."),
+      process_id=flags.DEFINE_integer("process_id", None, "This process's index."),
+      allow_config_change=flags.DEFINE_bool(
+          "allow_config_change", False,
+          "Resume a workdir whose run used a config that differs in settings that change "
+          "results."))
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def train(config, workdir: str, *, allow_config_change: bool = False) -> dict:
@@ -42,21 +54,28 @@ def main(argv):
   # Our progress lines go to stdout; keep library INFO chatter (Orbax, TFDS) out of the way.
   logging.set_verbosity(logging.WARNING)
   import jax  # After flag parsing, so XLA_FLAGS set by the caller apply.
-  if _DISTRIBUTED.value:
+  f = {name: holder.value for name, holder in _FLAGS.items()}
+  if f["distributed"]:
     # CPU processes (tests, a laptop) exchange collectives over gloo; accelerators' own
     # collectives are unaffected.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(coordinator_address=f["coordinator_address"],
+                               num_processes=f["num_processes"], process_id=f["process_id"])
   from gpt4v_jax import preemption
   try:
-    train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    train(f["config"], f["workdir"], allow_config_change=f["allow_config_change"])
   except preemption.Preempted as e:
     command = shlex.join([sys.executable, "-m", "gpt4v_jax.main", *sys.argv[1:]])
-    print(f"{e}; its checkpoint is committed in {_WORKDIR.value}/checkpoints. "
+    print(f"{e}; its checkpoint is committed in {f['workdir']}/checkpoints. "
           f"Resume with the same command:\n  {command}", flush=True)
     sys.exit(128 + e.signum)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command line: flags, then `main`."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -106,7 +106,8 @@ class Model:
       params = variables.pop("params")
       model_state = variables
     else:
-      _, _, state, step = runs.restore_run(path, "Model", mesh=mesh, rules=rules)
+      _, _, state, step = runs.restore_run(path, "Model", mesh=mesh, rules=rules,
+                                           objective=objective)
       params, model_state = _cast(state.params, dtype), state.model_state
       info["step"] = step
     for part in getattr(objective, "parts", {objective.name: objective}).values():
@@ -244,9 +245,7 @@ class Model:
     bucket = self._batch_bucket(b)
     t = self.tokenizer
     prompt, prompt_mask = _pad_prompts(ids, t.bos_id, t.pad_id, bucket)
-    pad_rows = lambda x: None if x is None else np.concatenate(
-        [x, np.repeat(x[:1], bucket - b, axis=0)])
-    pixels, image_mask = pad_rows(pixels), pad_rows(image_mask)
+    pixels, image_mask = _pad_rows(pixels, bucket), _pad_rows(image_mask, bucket)
     rep = sharding.batch_sharding(self.mesh)
     put = lambda x: None if x is None else jax.device_put(x, rep)
     args = (put(pixels), put(prompt), put(prompt_mask))
@@ -368,10 +367,7 @@ class Model:
         input_mask[k, :len(r) + len(a)] = True
       is_target = ar.astype(bool)
       pixels, image_mask = self._image_batch(images, chunk)
-      if pixels is not None:
-        pixels = np.concatenate([pixels, np.repeat(pixels[:1], bucket - b, axis=0)])
-        if image_mask is not None:
-          image_mask = np.concatenate([image_mask, np.ones(bucket - b, bool)])
+      pixels, image_mask = _pad_rows(pixels, bucket), _pad_rows(image_mask, bucket)
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
         logp = _target_log_probs(self.module, self.params, pixels, text, ar, input_mask,
                                  is_target, image_mask)
@@ -386,8 +382,7 @@ class Model:
       chunk = slice(start, min(len(images), start + 64))
       pixels, _ = self._image_batch(images, chunk)
       b = len(pixels)
-      bucket = self._batch_bucket(b)
-      pixels = np.concatenate([pixels, np.repeat(pixels[:1], bucket - b, axis=0)])
+      pixels = _pad_rows(pixels, self._batch_bucket(b))
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
         tokens = _encode(self.module, self.params, jax.device_put(
             pixels, sharding.batch_sharding(self.mesh)))
@@ -401,6 +396,14 @@ class Model:
       return part.prompt_ids(text)
     except BadExample as e:
       raise ValueError(f"{text[:60]!r}...: {e}") from None
+
+
+def _pad_rows(x: np.ndarray | None, rows: int) -> np.ndarray | None:
+  """`x` [b, ...] with its first row repeated up to `rows` rows (outputs of the extra rows
+  are dropped); None stays None."""
+  if x is None:
+    return None
+  return np.concatenate([x, np.repeat(x[:1], rows - len(x), axis=0)])
 
 
 def _pad_prompts(ids: list[list[int]], bos_id: int, pad_id: int,

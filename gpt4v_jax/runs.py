@@ -58,13 +58,15 @@ def make_objective(config: ml_collections.ConfigDict, *,
 
 
 def restore_run(workdir: str, what: str, *, mesh: jax.sharding.Mesh | None = None,
-                rules=None) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
+                rules=None, objective: kinds.Objective | None = None
+                ) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
   """(config, model, state, step) of the newest readable checkpoint of the run in `workdir`;
   `what` names it in errors. The state is laid out over `mesh` by the logical `rules`
-  (default: every param replicated on every device, whatever mesh the run used)."""
+  (default: every param replicated on every device, whatever mesh the run used).
+  `objective`: the run's, when the caller has built it already."""
   workdir = os.path.abspath(workdir)
   config = ml_collections.ConfigDict(config_checks.load_saved_config(workdir))
-  objective = make_objective(config)
+  objective = objective or make_objective(config)
   model = objective.build_model(config.model)
   tx, _ = make_optimizer(config.optimizer, config.train.steps)
   if mesh is None:  # A data-only mesh: every param replicated on every device.

@@ -15,7 +15,6 @@ import signal
 import sys
 
 import numpy as np
-from absl import app
 
 
 def _kill_during_save(step: int) -> None:
@@ -72,7 +71,7 @@ def main():
   else:
     raise ValueError(f"unknown fault {fault!r}")
   from gpt4v_jax import main as gpt4v_main
-  app.run(gpt4v_main.main)
+  gpt4v_main.run()
 
 
 if __name__ == "__main__":
