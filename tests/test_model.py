@@ -146,13 +146,14 @@ def test_score_is_the_targets_log_likelihood(model, test_images):
   assert scores.shape == (3,) and np.all(scores < 0)
   # Each equals the sum of the per-token log-probs of target and EOS in a full forward pass.
   t = model.tokenizer
+  forward = jax.jit(model.module.apply)  # Op by op, the sharded forward takes ~10 s here.
   for k, (image, target) in enumerate(zip(test_images[1:2] + test_images[:1] * 2, targets)):
     ids = [t.bos_id] + prompts[k] + t.encode(target) + [t.eos_id]
     n = 1 + len(prompts[k])
     text = jnp.asarray([ids])
     ar = jnp.asarray([[0] * n + [1] * (len(ids) - n)])
-    logits = model.module.apply({"params": model.params}, jnp.asarray(model.images([image])),
-                                text, ar, jnp.ones_like(text, bool))
+    logits = forward({"params": model.params}, jnp.asarray(model.images([image])), text, ar,
+                     jnp.ones_like(text, bool))
     logp = jax.nn.log_softmax(logits[0, n - 1:-1])
     expected = float(jnp.sum(logp[jnp.arange(len(ids) - n), text[0, n:]]))
     np.testing.assert_allclose(scores[k], expected, rtol=1e-4)
