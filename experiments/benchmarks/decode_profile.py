@@ -16,7 +16,6 @@ wall-clock time of a whole call without the profiler: above the traced time, the
 between ops (dispatch, loop control). The params are random and no row stops early (no EOS
 id), so every call does the same work.
 """
-import collections
 import re
 import tempfile
 
@@ -27,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.benchmarks import common
-from experiments.benchmarks.op_profile import dot_flops, op_times, parse_hlo
+from experiments.benchmarks.op_profile import op_rows, op_times, parse_hlo
 from gpt4v_jax import decode, perf, runs
 
 # --model, --batch and --top are op_profile's flags (importing it defines them); here the
@@ -77,31 +76,11 @@ def main(argv):
     times = op_times(trace_dir, instructions, calls=_CALLS.value)
   loop_ops = {name for body in re.findall(r"body=%?([\w.\-]+)", hlo)
                for name in computations.get(body, [])}
-  total = sum(times.values())
-  groups = collections.defaultdict(lambda: [0.0, 0, 0])
-  ops = []
-  for name, seconds in times.items():
-    rest = instructions[name][2]
-    source = re.search(r'op_name="([^"]+)"', rest)
-    source = source.group(1) if source else ""
-    phase = phase_of(source, name in loop_ops)
-    flops = dot_flops(name, instructions, computations)
-    # An op in the loop body runs once per step: its FLOPs count every step.
-    flops *= (n - 1) if phase == "decode" else 1
-    group = groups[(phase, "dot" if flops else "other")]
-    group[0] += seconds
-    group[1] += flops
-    group[2] += 1
-    ops.append((seconds, flops, name, instructions[name][0], source, phase))
-  order = {"encoder": 0, "prefill": 1, "decode": 2, "other": 3}
-  rows = [dict(kind="group", phase=phase, op=kind, ops=k, ms=s * 1e3, share=s / total,
-               gflop=f / 1e9, rate_of_peak=f / s / peak if f else None)
-          for (phase, kind), (s, f, k) in sorted(groups.items(),
-                                                  key=lambda g: (order[g[0][0]], -g[1][0]))]
-  rows += [dict(kind="op", phase=phase, op=f"{name} {shape} {source.split('/', 1)[-1][-60:]}",
-                ops=1, ms=s * 1e3, share=s / total, gflop=f / 1e9,
-                rate_of_peak=f / s / peak if f else None)
-           for s, f, name, shape, source, phase in sorted(ops, reverse=True)[:_TOP.value]]
+  # An op in the loop body runs once per step: its FLOPs count every step.
+  rows, total = op_rows(times, instructions, computations, peak=peak, top=_TOP.value,
+                        phase_of=lambda source, name: phase_of(source, name in loop_ops),
+                        runs_of=lambda phase: n - 1 if phase == "decode" else 1,
+                        order={"encoder": 0, "prefill": 1, "decode": 2, "other": 3})
   common.report("decode_profile", rows, notes=(
       f"model {_MODEL.value}, batch {b}, prompt bucket {p}, {n} new tokens; wall "
       f"{wall * 1e3:.1f} ms per call, traced op time {total * 1e3:.1f} ms; peak "

@@ -99,31 +99,43 @@ def main(argv):
           run()
       instructions, computations = parse_hlo(hlo)
       times = op_times(trace_dir, instructions, calls=2)
+  rows, total = op_rows(times, instructions, computations, peak=peak, top=_TOP.value,
+                        phase_of=lambda source, name: (
+                            "backward" if "transpose(jvp(" in source else
+                            "forward" if "jvp(" in source else "update"))
+  common.report("op_profile", rows, notes=(
+      f"model {_MODEL.value}, batch {_BATCH.value}; traced op time {total * 1e3:.0f} ms per "
+      f"step; peak {peak / 1e12:.3f} TFLOP/s (measured f32 matmul rate)"))
+
+
+def op_rows(times: dict, instructions: dict, computations: dict, *, peak: float, top: int,
+            phase_of, runs_of=lambda phase: 1, order=None) -> tuple[list[dict], float]:
+  """(table rows, total traced seconds) of `op_times`' result: one row per (phase, dot or
+  other) group, sorted by `order` (phase -> rank) then time, then the `top` slowest ops.
+  phase_of(op source, op name) names an op's phase; an op of phase p runs `runs_of(p)`
+  times per traced call (a loop body's ops: once per step), which its dot FLOPs count."""
   total = sum(times.values())
   groups = collections.defaultdict(lambda: [0.0, 0, 0])
   ops = []
   for name, seconds in times.items():
-    rest = instructions[name][2]
-    source = re.search(r'op_name="([^"]+)"', rest)
+    source = re.search(r'op_name="([^"]+)"', instructions[name][2])
     source = source.group(1) if source else ""
-    phase = ("backward" if "transpose(jvp(" in source else
-             "forward" if "jvp(" in source else "update")
-    flops = dot_flops(name, instructions, computations)
+    phase = phase_of(source, name)
+    flops = dot_flops(name, instructions, computations) * runs_of(phase)
     group = groups[(phase, "dot" if flops else "other")]
     group[0] += seconds
     group[1] += flops
     group[2] += 1
     ops.append((seconds, flops, name, instructions[name][0], source, phase))
+  rank = (lambda g: (order[g[0][0]], -g[1][0])) if order else (lambda g: -g[1][0])
   rows = [dict(kind="group", phase=phase, op=kind, ops=n, ms=s * 1e3, share=s / total,
                gflop=f / 1e9, rate_of_peak=f / s / peak if f else None)
-          for (phase, kind), (s, f, n) in sorted(groups.items(), key=lambda g: -g[1][0])]
+          for (phase, kind), (s, f, n) in sorted(groups.items(), key=rank)]
   rows += [dict(kind="op", phase=phase, op=f"{name} {shape} {source.split('/', 1)[-1][-60:]}",
                 ops=1, ms=s * 1e3, share=s / total, gflop=f / 1e9,
                 rate_of_peak=f / s / peak if f else None)
-           for s, f, name, shape, source, phase in sorted(ops, reverse=True)[:_TOP.value]]
-  common.report("op_profile", rows, notes=(
-      f"model {_MODEL.value}, batch {_BATCH.value}; traced op time {total * 1e3:.0f} ms per "
-      f"step; peak {peak / 1e12:.3f} TFLOP/s (measured f32 matmul rate)"))
+           for s, f, name, shape, source, phase in sorted(ops, reverse=True)[:top]]
+  return rows, total
 
 
 if __name__ == "__main__":
