@@ -10,7 +10,6 @@ on any machine and device count, without the workdir or the dataset.
 import os
 import tempfile
 
-import jax
 import ml_collections
 from absl import app, flags
 
