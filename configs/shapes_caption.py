@@ -47,6 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # resampler_latents > 0: a Perceiver resampler of resampler_depth layers turns the
       # image tokens into that many learned latents (Flamingo); 0: none.
       resampler_latents=0, resampler_depth=1,
+      # Local Hugging Face directories (README, "Pretrained models"), "" for none: the ViT or
+      # the decoder is then built from that config.json (the keys describing it here go
+      # unused) and a fresh run starts from its weights; the projector always starts fresh.
+      vision_checkpoint="", language_checkpoint="",
       vocab_size=128,  # 75 tokenizer ids, padded to a multiple of 128 for sharding.
       # Two decoder layers learn as much per example as four at 57% of the step FLOPs, so the
       # time buys more examples (measured: docs/experiments.md, docs/caption.md).

@@ -34,7 +34,8 @@ _ADDED_KEYS = {
 }
 _ADDED_MODEL_KEYS = {  # GPT4V models only.
     "scan_layers": False, "fusion": "prefix", "cross_attention_every": 1, "encoder": "vit",
-    "resampler_latents": 0, "resampler_depth": 1,
+    "resampler_latents": 0, "resampler_depth": 1, "vision_checkpoint": "",
+    "language_checkpoint": "",
 }
 
 
@@ -139,6 +140,19 @@ def _check_language_model(config: ml_collections.ConfigDict) -> None:
                                   else "")
   if "text_to_image" in parts:
     vocab += _image_tokenizer_codes(parts["text_to_image"].image_tokenizer, prefix)
+  if config.model.get("language_checkpoint"):
+    from gpt4v_jax.pretrained import compose  # pylint: disable=import-outside-toplevel
+    if not config.tokenizer.startswith("hf:"):
+      raise ValueError(f"config.tokenizer={config.tokenizer!r}: a pretrained decoder "
+                       "(config.model.language_checkpoint) reads its own tokenizer's ids; set "
+                       f"--config.tokenizer=hf:{config.model.language_checkpoint}.")
+    pretrained = compose.checkpoint_vocab(config.model.language_checkpoint)
+    if config.model.vocab_size < pretrained:
+      raise ValueError(
+          f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
+          f"{pretrained} embedding rows of config.model.language_checkpoint; use at least "
+          f"{max(vocab, pretrained)} (the tokenizer's ids, our special ids and any image "
+          "codes included; a multiple of 128 shards best).")
   if config.model.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
                      f"{vocab} ids of the tokenizer" + (" and the image codes" if "text_to_image"

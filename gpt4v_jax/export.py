@@ -3,6 +3,9 @@
   python -m gpt4v_jax.export --workdir=workdirs/shapes_caption --out=models/shapes_caption \
       [--params_format=safetensors]
 
+or, for a run that started from Hugging Face checkpoints, its vision tower and decoder back in
+that format (`--format=hf`: OUT/vision and OUT/language, which transformers loads).
+
 The directory holds the config, the params (no optimizer state), the tokenizer's file, the
 image preprocessing and, for text-to-image, its VQ-VAE; `Model.from_pretrained(out)` loads it
 on any machine and device count, without the workdir or the dataset.
@@ -37,6 +40,10 @@ def export(workdir: str, out_dir: str, *, params_format: str = "orbax") -> str:
   config.init.workdir = ""  # What it started from is in the params now.
   with tempfile.TemporaryDirectory() as tmp:
     files = {}
+    for key in model_dir.CHECKPOINT_KEYS:  # Their architecture; the weights are the params.
+      if config.get("model", {}).get(key):
+        files[f"{key}/config.json"] = os.path.join(config.model[key], "config.json")
+        config.model[key] = key
     if "tokenizer" in config:  # A VQ-VAE has none.
       config.tokenizer, files = _tokenizer_files(config.tokenizer, tmp)
     model_dir.write(out_dir, config, variables, preprocess=datasets.preprocess(config.data),
@@ -47,6 +54,28 @@ def export(workdir: str, out_dir: str, *, params_format: str = "orbax") -> str:
     export(source, os.path.join(out_dir, "image_tokenizer"), params_format=params_format)
   log(f"Exported step {step} of {workdir} to {out_dir} ({params_format}).")
   return out_dir
+
+
+def export_hf(workdir: str, out_dir: str) -> list[str]:
+  """Writes the pretrained parts of the run in `workdir` (its vision tower and decoder, where
+  config.model names a Hugging Face checkpoint for them) as Hugging Face directories
+  out_dir/vision and out_dir/language, which transformers loads; returns their paths."""
+  from gpt4v_jax.pretrained import compose, hf_export  # pylint: disable=import-outside-toplevel
+  config, _, state, step = runs.restore_run(os.path.abspath(workdir), "Run to export")
+  written = []
+  for tree, key, name in (("vit", "vision_checkpoint", "vision"),
+                          ("decoder", "language_checkpoint", "language")):
+    source = config.model.get(key)
+    if source:
+      written.append(hf_export.save_hf(
+          state.params[tree], compose.read_config(source, f"config.model.{key}"),
+          os.path.join(out_dir, name), copy_from=source))
+  if not written:
+    raise ValueError(f"{workdir}: the run starts from no Hugging Face checkpoint "
+                     "(config.model.vision_checkpoint, language_checkpoint), so no Hugging Face "
+                     "architecture describes it; export it with --format=model_dir.")
+  log(f"Exported step {step} of {workdir} as Hugging Face directories {', '.join(written)}.")
+  return written
 
 
 def _tokenizer_files(spec: str, tmp: str) -> tuple[str, dict[str, str]]:
@@ -68,7 +97,10 @@ def _tokenizer_files(spec: str, tmp: str) -> tuple[str, dict[str, str]]:
 
 def main(argv):
   del argv
-  export(flags.FLAGS.workdir, flags.FLAGS.out, params_format=flags.FLAGS.params_format)
+  if flags.FLAGS.format == "hf":
+    export_hf(flags.FLAGS.workdir, flags.FLAGS.out)
+  else:
+    export(flags.FLAGS.workdir, flags.FLAGS.out, params_format=flags.FLAGS.params_format)
 
 
 if __name__ == "__main__":
@@ -77,4 +109,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "The model directory to write (replaced).", required=True)
   flags.DEFINE_enum("params_format", "orbax", model_dir.PARAMS_FORMATS,
                     "How the params are stored.")
+  flags.DEFINE_enum("format", "model_dir", ("model_dir", "hf"),
+                    "model_dir: our model directory (Model.from_pretrained); hf: the vision "
+                    "tower and decoder as Hugging Face directories (OUT/vision, OUT/language) "
+                    "for runs that started from Hugging Face checkpoints.")
   app.run(main)

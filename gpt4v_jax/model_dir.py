@@ -32,6 +32,11 @@ PARAMS_FORMATS = ("orbax", "safetensors")
 _INFO = "model_info.json"
 
 
+# config.model keys naming Hugging Face checkpoints; a model directory holds their config.json
+# under the key's name (the weights are in variables/).
+CHECKPOINT_KEYS = ("vision_checkpoint", "language_checkpoint")
+
+
 def is_model_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, _INFO))
 
@@ -87,6 +92,9 @@ def read_config(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   kind, sep, rel = config.get("tokenizer", "").partition(":")
   if sep and not os.path.isabs(rel):  # A file exported into DIR.
     config.tokenizer = f"{kind}:{os.path.join(path, rel)}"
+  for key in CHECKPOINT_KEYS:  # Their config.json, exported into DIR: the architecture.
+    if config.model.get(key) and not os.path.isabs(config.model[key]):
+      config.model[key] = os.path.join(path, config.model[key])
   for keys in _parts(config.objective):
     if keys.get("image_tokenizer") and not os.path.isabs(keys.image_tokenizer):
       keys.image_tokenizer = os.path.join(path, keys.image_tokenizer)

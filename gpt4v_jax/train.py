@@ -28,6 +28,7 @@ from gpt4v_jax.data import datasets
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
 from gpt4v_jax.optimizer import make_optimizer
+from gpt4v_jax.pretrained import compose
 from gpt4v_jax.runs import COUNTERS
 from gpt4v_jax.train_step import make_train_step
 
@@ -102,8 +103,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     restored = ckpt.restore_latest(abstract_state, train_iter)
     if restored is None:
       state, start_step = init(), 0
+      # Pretrained checkpoints first, then a workdir's trees over them (LLaVA's stage 2
+      # starts from stage 1's run).
+      params = compose.load_pretrained(
+          config.model, state.params, skip=tuple(config.init.params) if config.init.workdir
+          else ())
       state = state.replace(params=runs.init_params_from(
-          config.init, state.params, config.model.get("vocab_size")))
+          config.init, params, config.model.get("vocab_size")))
     else:
       state, start_step = restored
       log(f"Resumed from step {start_step} in {workdir}.")

@@ -40,7 +40,7 @@ _WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 PIL.Image.init()
 FORMATS = tuple(f for f in _WANTED_FORMATS if f in PIL.Image.OPEN)  # AVIF needs libavif.
 
-RESIZES = ("squash", "pad", "crop")
+RESIZES = ("squash", "pad", "crop", "resize_crop")
 RESAMPLES = {"bicubic": PIL.Image.Resampling.BICUBIC,
              "bilinear": PIL.Image.Resampling.BILINEAR,
              "nearest": PIL.Image.Resampling.NEAREST}
@@ -74,7 +74,10 @@ class Preprocess:
 
   size: output height and width.
   resize: "squash" (the whole image to size x size, aspect ignored), "pad" (the longer side to
-    size, centred on a square of pad_fill) or "crop" (the shorter side to size, centre crop).
+    size, centred on a square of pad_fill), "crop" (the shorter side to size, centre crop) or
+    "resize_crop" (the same in Hugging Face's CLIPImageProcessor's order, to its pixel: the
+    shorter side resized to size and the longer to floor(size * longer / shorter), then the
+    centre crop of that grid; "crop" cuts the square first, sampling slightly other points).
   resample: "bicubic", "bilinear" or "nearest" (antialiased when shrinking, as PIL does).
   normalize: a key of NORMALIZATIONS.
   pad_fill: RGB 0..255 of the padding for resize="pad"; None pads with exact zeros after
@@ -245,6 +248,13 @@ def _plan(w: int, h: int, p: Preprocess, rng: np.random.Generator | None
   if p.resize == "pad":
     longer = max(w, h)
     return (0, 0, w, h), (max(1, round(w * s / longer)), max(1, round(h * s / longer)))
+  if p.resize == "resize_crop":
+    # The whole picture resized (`preprocess` then crops the centre). Resampling only the
+    # crop's box would save the cropped side's work but not give transformers' pixels: PIL
+    # takes the box in float32, which moves the taps enough to change pixels by 1-7 levels.
+    short, long = min(w, h), max(w, h)
+    resized_long = int(s * long / short)  # As transformers computes it (truncated).
+    return (0, 0, w, h), ((s, resized_long) if w <= h else (resized_long, s))
   side = min(w, h)  # crop: whole source pixels, so an image already `size` wide is not resampled.
   x0, y0 = (w - side) // 2, (h - side) // 2
   return (x0, y0, x0 + side, y0 + side), (s, s)
@@ -376,6 +386,10 @@ def preprocess(data: bytes | np.ndarray, p: Preprocess,
   if orientation != 1:
     rgb = rgb.transpose(_ORIENT[orientation])
   image = np.asarray(rgb)
+  if out != (p.size, p.size) and p.resize == "resize_crop":
+    # transformers' center_crop: the offset rounds down, in the resized grid.
+    top, left = (out[1] - p.size) // 2, (out[0] - p.size) // 2
+    image, out = image[top:top + p.size, left:left + p.size], (p.size, p.size)
   if rng is not None and p.hflip and rng.random() < 0.5:
     image = image[:, ::-1]
   x = normalize(image, p.normalize)

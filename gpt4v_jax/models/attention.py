@@ -18,13 +18,14 @@ _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None = None) -> jax.Array:
-  """softmax(q k^T / sqrt(head_dim)) v, the softmax in float32.
+                          mask: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+  """softmax(scale q k^T) v, the softmax in float32.
 
   Args:
     q: [batch, t, heads, head_dim].
     k, v: [batch, s, kv_heads, head_dim]; heads % kv_heads == 0.
     mask: optional bool [batch, 1 or heads, t, s]; True = may attend.
+    scale: the logits' factor; None for 1 / sqrt(head_dim).
 
   Returns:
     [batch, t, heads, head_dim], q's dtype.
@@ -34,7 +35,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   if heads % kv_heads:
     raise ValueError(f"heads={heads} is not a multiple of kv_heads={kv_heads}.")
   groups = heads // kv_heads
-  q = (q * jnp.asarray(d ** -0.5, q.dtype)).reshape(b, t, kv_heads, groups, d)
+  scale = d ** -0.5 if scale is None else scale
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, groups, d)
   logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   if mask is not None:
     mask = mask.reshape(b, -1, 1, t, s) if mask.shape[1] == 1 else mask.reshape(
@@ -48,7 +50,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return out.reshape(b, t, heads, d).astype(q.dtype)
 
 
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                     scale: float | None = None) -> jax.Array:
   """`dot_product_attention` of new tokens over a KV cache laid out [batch, kv_heads, s,
   head_dim] (the decoder's), without moving the cache.
 
@@ -66,6 +69,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     q: [batch, t, heads, head_dim].
     k, v: [batch, kv_heads, s, head_dim]; heads % kv_heads == 0.
     mask: bool [batch, t, s]; True = may attend.
+    scale: the logits' factor; None for 1 / sqrt(head_dim).
 
   Returns:
     [batch, t, heads, head_dim], q's dtype.
@@ -75,7 +79,8 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
   if heads % kv_heads:
     raise ValueError(f"heads={heads} is not a multiple of kv_heads={kv_heads}.")
   groups = heads // kv_heads
-  q = (q * jnp.asarray(d ** -0.5, q.dtype)).reshape(b, t, kv_heads, groups, d)
+  scale = d ** -0.5 if scale is None else scale
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, groups, d)
   q = jnp.moveaxis(q, 1, 3)  # [batch, kv_heads, groups, t, head_dim]; free for t = 1.
   logits = jnp.stack([jnp.einsum("bktd,bksd->bkts", q[:, :, g], k,
                                  preferred_element_type=jnp.float32)

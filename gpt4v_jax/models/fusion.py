@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from gpt4v_jax.models import attention, matmul
+from gpt4v_jax.models import activations, attention, matmul
 from gpt4v_jax.models.vit import dense, layer_norm
 
 
@@ -28,11 +28,13 @@ class Projector(nn.Module):
       encoder see a fine patch grid while the decoder, whose sequence dominates
       the cost, sees merge**2 times fewer image tokens.
     dtype: compute dtype; params stay float32.
+    activation: the "mlp" kind's, a name of `activations.ACTIVATIONS` (LLaVA's is "gelu").
   """
   kind: str
   width: int
   merge: int = 1
   dtype: jnp.dtype = jnp.float32
+  activation: str = "gelu_tanh"
 
   def forward_flops(self, num_vision_tokens: int, vision_width: int) -> float:
     """Matmul FLOPs of one image's projection."""
@@ -49,7 +51,7 @@ class Projector(nn.Module):
     elif self.kind == "mlp":
       x = dense(self.width, ("vision_embed", "mlp"), self.dtype, "fc1")(x)
       x = nn.with_logical_constraint(
-          nn.gelu(x),
+          activations.get(self.activation)(x),
           ("activation_batch", "activation_length", "activation_mlp"))
       x = dense(self.width, ("mlp", "embed"), self.dtype, "fc2")(x)
     else:

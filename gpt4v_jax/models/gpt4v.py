@@ -23,6 +23,7 @@ import ml_collections
 from gpt4v_jax.models.decoder import Decoder
 from gpt4v_jax.models.fusion import PerceiverResampler, Projector, prefix_lm_mask
 from gpt4v_jax.models.vit import ViT, vit_variant
+from gpt4v_jax.pretrained import compose
 
 
 class GPT4V(nn.Module):
@@ -41,6 +42,9 @@ class GPT4V(nn.Module):
       cross_attention_every > 0).
     resampler: optional unbound `PerceiverResampler` after the projector; its latents
       replace the image tokens.
+    projector_activation: the "mlp" projector's activation (see `Projector`).
+    causal_prefix: False (PaliGemma's prefix-LM: image and prompt tokens see each other);
+      True: every token attends causally, the image's and the prompt's too (LLaVA).
   """
   vit: ViT
   decoder: Decoder
@@ -48,6 +52,8 @@ class GPT4V(nn.Module):
   projector_merge: int = 1
   fusion: str = "prefix"
   resampler: PerceiverResampler | None = None
+  projector_activation: str = "gelu_tanh"
+  causal_prefix: bool = False
 
   def __post_init__(self):
     if self.fusion not in ("prefix", "cross_attention"):
@@ -60,7 +66,8 @@ class GPT4V(nn.Module):
 
   def setup(self):
     self.projector = Projector(self.projector_kind, self.decoder.width,
-                               self.projector_merge, self.decoder.dtype)
+                               self.projector_merge, self.decoder.dtype,
+                               self.projector_activation)
 
   @property
   def num_vision_tokens(self):
@@ -99,8 +106,11 @@ class GPT4V(nn.Module):
                     context_len=self.num_vision_tokens - self.num_image_tokens))
 
   def encode_images(self, images, deterministic=True):
-    """[batch, H, W, 3] in [-1, 1] -> [batch, num_vision_tokens, width]."""
-    tokens = self.projector(self.vit(images, deterministic))
+    """[batch, H, W, 3] normalised -> [batch, num_vision_tokens, width]."""
+    tokens = self.vit(images, deterministic)
+    if self.vit.class_token:  # The patch tokens only (LLaVA's "default" feature selection).
+      tokens = tokens[:, 1:]
+    tokens = self.projector(tokens)
     return tokens if self.resampler is None else self.resampler(tokens)
 
   def __call__(self, images, text, ar_mask, input_mask, deterministic=True,
@@ -131,6 +141,8 @@ class GPT4V(nn.Module):
     x, context = self._fuse(image_tokens, self.decoder.embed(text), image_mask)
     ar_mask = jnp.concatenate(
         [jnp.zeros((b, n), jnp.int32), ar_mask.astype(jnp.int32)], axis=1)
+    if self.causal_prefix:
+      ar_mask = jnp.ones_like(ar_mask)
     input_mask = jnp.concatenate(
         [_image_valid(image_mask, b, n), input_mask.astype(bool)], axis=1)
     positions = jnp.broadcast_to(jnp.arange(n + t), (b, n + t))
@@ -191,9 +203,10 @@ class GPT4V(nn.Module):
     x, context = self._fuse(image_tokens, self.decoder.embed(prompt), image_mask)
     valid = jnp.concatenate(
         [_image_valid(image_mask, b, n), prompt_mask.astype(bool)], axis=1)
-    # The whole prefix is ar=0: full attention among valid tokens. [b, n + p, n + p]: the
+    # The whole prefix is ar=0 (full attention among valid tokens; ar=1, causal, with
+    # causal_prefix). [b, n + p, n + p]: the
     # cache is fresh, so the prefix attends among itself, not over all max_len slots.
-    mask = prefix_lm_mask(jnp.zeros((b, n + p), jnp.int32), valid)
+    mask = prefix_lm_mask(jnp.full((b, n + p), int(self.causal_prefix), jnp.int32), valid)
     positions = jnp.broadcast_to(jnp.arange(n + p), (b, n + p))
     logits, cache = self.decoder(x, positions, mask,
                                  cache=self.decoder.init_cache(b, max_len),
@@ -247,35 +260,38 @@ def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int =
   of `image_size` pixels (config.data.image_size); code_ids and num_code_positions: see
   `Decoder` (text-to-image objectives set them)."""
   dtype = jnp.dtype(cfg.dtype)
-  if cfg.encoder not in ("vit", "cnn"):
-    raise ValueError(f"config.model.encoder={cfg.encoder!r}: expected 'vit' or 'cnn'.")
-  encoder = vit_variant(cfg.vit_variant)
-  stem = cfg.vit_stem
-  if cfg.encoder == "cnn":  # The ResNet stem alone: a CNN with the variant's width and stride.
-    encoder["depth"], stem = 0, "resnet"
-  vit = ViT(**encoder, image_size=image_size, stem=stem, stem_blocks=cfg.vit_stem_blocks,
-            remat=cfg.remat,
-            scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
-  decoder = Decoder(
-      vocab_size=cfg.vocab_size,
-      width=cfg.width,
-      depth=cfg.depth,
-      mlp_dim=cfg.mlp_dim,
-      num_heads=cfg.num_heads,
-      num_kv_heads=cfg.num_kv_heads,
-      mlp_type=cfg.mlp_type,
-      tie_embeddings=cfg.tie_embeddings,
-      rope_base=cfg.rope_base,
-      remat=cfg.remat,
-      scan_layers=cfg.scan_layers,
-      cross_attention_every=(cfg.cross_attention_every if cfg.fusion == "cross_attention"
-                             else 0),
-      dtype=dtype,
-      dropout=cfg.dropout,
-      code_ids=tuple(code_ids),
-      num_code_positions=num_code_positions)
+  ours = dict(remat=cfg.remat, scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
+  if cfg.get("vision_checkpoint"):
+    vit = compose.vision_tower(cfg.vision_checkpoint, **ours)
+    if vit.image_size != image_size:
+      raise ValueError(f"config.model.vision_checkpoint={cfg.vision_checkpoint!r} takes "
+                       f"{vit.image_size}x{vit.image_size} images; set "
+                       f"--config.data.image_size={vit.image_size} (it is {image_size}).")
+  else:
+    if cfg.encoder not in ("vit", "cnn"):
+      raise ValueError(f"config.model.encoder={cfg.encoder!r}: expected 'vit' or 'cnn'.")
+    encoder = vit_variant(cfg.vit_variant)
+    stem = cfg.vit_stem
+    if cfg.encoder == "cnn":  # The ResNet stem alone: a CNN with the variant's width, stride.
+      encoder["depth"], stem = 0, "resnet"
+    vit = ViT(**encoder, image_size=image_size, stem=stem, stem_blocks=cfg.vit_stem_blocks,
+              **ours)
+  ours.update(vocab_size=cfg.vocab_size,
+              cross_attention_every=(cfg.cross_attention_every
+                                     if cfg.fusion == "cross_attention" else 0),
+              code_ids=tuple(code_ids), num_code_positions=num_code_positions)
+  if cfg.get("language_checkpoint"):
+    decoder = compose.language_decoder(cfg.language_checkpoint, **ours)
+  else:
+    decoder = Decoder(width=cfg.width, depth=cfg.depth, mlp_dim=cfg.mlp_dim,
+                      num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                      mlp_type=cfg.mlp_type, tie_embeddings=cfg.tie_embeddings,
+                      rope_base=cfg.rope_base, **ours)
   resampler = (PerceiverResampler(cfg.resampler_latents, cfg.resampler_depth, cfg.num_heads,
                                   cfg.mlp_dim, dtype) if cfg.resampler_latents else None)
-  return GPT4V(vit=vit, decoder=decoder, projector_kind=cfg.projector,
-               projector_merge=cfg.projector_merge, fusion=cfg.fusion, resampler=resampler)
+  settings = dict(projector_kind=cfg.projector)
+  # A whole vision-language checkpoint fixes its projector and prefix attention.
+  settings.update(compose.gpt4v_settings(cfg))
+  return GPT4V(vit=vit, decoder=decoder, projector_merge=cfg.projector_merge,
+               fusion=cfg.fusion, resampler=resampler, **settings)
 

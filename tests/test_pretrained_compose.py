@@ -1,0 +1,103 @@
+"""A PaliGemma/LLaVA-style model from two pretrained checkpoints, trained in LLaVA's two
+stages by configs/pretrained_caption.py, exported back to Hugging Face format.
+
+The checkpoints are small random transformers models (a SigLIP vision tower and a Llama
+decoder with a word-level tokenizer over shapes' language), saved with save_pretrained.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+from gpt4v_jax import export, runs  # pylint: disable=wrong-import-position
+from gpt4v_jax.pretrained import load_hf  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+  """{"vision": dir, "language": dir} of two random checkpoints; the language one holds a
+  tokenizer.json of shapes' words."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  from gpt4v_jax.data import shapes  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("hf")
+  torch.manual_seed(0)
+  vision = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+      hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+      image_size=32, patch_size=8))
+  vision.save_pretrained(root / "vision")
+  words = shapes.vocabulary()
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {"<unk>": 0, **{w: i + 1 for i, w in enumerate(words)}}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  language = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=len(words) + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+  language.save_pretrained(root / "language")
+  tokenizer.save(str(root / "language" / "tokenizer.json"))
+  return {"vision": str(root / "vision"), "language": str(root / "language")}
+
+
+def _flags(checkpoints, workdir, *more):
+  return (f"--workdir={workdir}", f"--config.model.vision_checkpoint={checkpoints['vision']}",
+          f"--config.model.language_checkpoint={checkpoints['language']}",
+          f"--config.tokenizer=hf:{checkpoints['language']}", "--config.data.image_size=32",
+          "--config.model.vocab_size=128", *more)
+
+
+@pytest.fixture(scope="module")
+def stages(checkpoints, run_main, tmp_path_factory) -> tuple[str, str]:
+  """Workdirs of the tiny stage-1 run and the stage-2 run that starts from it."""
+  root = tmp_path_factory.mktemp("stages")
+  r = run_main(*_flags(checkpoints, root / "stage1"), config="pretrained_caption.py:stage1,tiny")
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = run_main(*_flags(checkpoints, root / "stage2", f"--config.init.workdir={root}/stage1"),
+               config="pretrained_caption.py:stage2,tiny")
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(root / "stage1"), str(root / "stage2")
+
+
+def _params(workdir):
+  return jax.device_get(runs.restore_run(workdir, "run")[2].params)
+
+
+def _equal(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_two_stages_train_what_the_config_says(checkpoints, stages):
+  """Stage 1 leaves both pretrained trees as loaded and trains the projector; stage 2 starts
+  from stage 1 and trains the decoder too, the tower still frozen."""
+  _, vision = load_hf(checkpoints["vision"])
+  _, language = load_hf(checkpoints["language"])
+  stage1, stage2 = _params(stages[0]), _params(stages[1])
+  assert _equal(stage1["vit"], jax.device_get(vision))
+  # The decoder's vocabulary grew from the checkpoint's 59 ids to 128: our special ids (and
+  # the padding) follow, their rows the mean of the checkpoint's.
+  embedding = stage1["decoder"]["embedding"]
+  np.testing.assert_array_equal(embedding[:59], np.asarray(language["embedding"]))
+  np.testing.assert_allclose(embedding[59:], np.broadcast_to(
+      np.asarray(language["embedding"]).mean(0), (128 - 59, 32)), rtol=1e-6)
+  assert _equal(stage2["vit"], stage1["vit"])
+  assert not _equal(stage2["decoder"], stage1["decoder"])
+  assert not _equal(stage2["projector"], stage1["projector"])
+
+
+def test_exported_decoder_runs_in_transformers_with_our_logits(stages, tmp_path):
+  vision_dir, language_dir = export.export_hf(stages[1], str(tmp_path / "hf"))
+  params = _params(stages[1])
+  module, decoder = load_hf(language_dir)
+  assert _equal(jax.device_get(decoder), params["decoder"])  # The round trip is exact.
+  with open(os.path.join(language_dir, "config.json")) as f:
+    assert json.load(f)["vocab_size"] == 128
+  tokens = np.array([[1, 5, 9, 64, 2, 127, 40, 3]])
+  ours = np.asarray(module.apply({"params": decoder}, tokens))
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(language_dir)(
+      torch.tensor(tokens)).logits.detach().numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  _, vit = load_hf(vision_dir)
+  assert _equal(jax.device_get(vit), params["vit"])
