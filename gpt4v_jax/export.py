@@ -59,12 +59,19 @@ def export(workdir: str, out_dir: str, *, params_format: str = "orbax") -> str:
 def export_hf(workdir: str, out_dir: str) -> list[str]:
   """Writes the pretrained parts of the run in `workdir` (its vision tower and decoder, where
   config.model names a Hugging Face checkpoint for them) as Hugging Face directories
-  out_dir/vision and out_dir/language, which transformers loads; returns their paths."""
+  out_dir/vision and out_dir/language, which transformers loads; a run of one whole
+  vision-language checkpoint (PaliGemma, LLaVA) as one such directory, out_dir. Returns their
+  paths."""
   from gpt4v_jax.pretrained import compose, hf_export  # pylint: disable=import-outside-toplevel
   config, _, state, step = runs.restore_run(os.path.abspath(workdir), "Run to export")
   written = []
-  for tree, key, name in (("vit", "vision_checkpoint", "vision"),
-                          ("decoder", "language_checkpoint", "language")):
+  if compose.gpt4v_settings(config.model):  # One whole vision-language checkpoint.
+    source = config.model.vision_checkpoint
+    written.append(hf_export.save_hf(
+        state.params, compose.read_config(source, "config.model.vision_checkpoint"), out_dir,
+        copy_from=source))
+  for tree, key, name in ([] if written else (("vit", "vision_checkpoint", "vision"),
+                          ("decoder", "language_checkpoint", "language"))):
     source = config.model.get(key)
     if source:
       written.append(hf_export.save_hf(

@@ -1,5 +1,8 @@
 """Whole vision-language checkpoints (PaliGemma, LLaVA-1.5) load as our GPT4V with
 transformers' logits on image + text inputs; small random configs saved with save_pretrained."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 
@@ -8,7 +11,10 @@ torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from gpt4v_jax.pretrained import load_hf  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from gpt4v_jax import export, runs
+from gpt4v_jax.model import Model
+from gpt4v_jax.pretrained import load_hf
 
 IMAGE_TOKEN = 127
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
@@ -33,40 +39,100 @@ def _llava():
       image_token_index=IMAGE_TOKEN, vision_feature_layer=-2))
 
 
-@pytest.mark.parametrize("build", [_paligemma, _llava], ids=["paligemma", "llava"])
-def test_logits_equal_transformers(build, tmp_path):
-  torch.manual_seed(0)
-  theirs_model = build().eval()
-  with torch.no_grad():  # Wider than transformers' init, so that every setting shows.
-    for p in theirs_model.parameters():
+def _perturbed(model):
+  """Weights wider than transformers' init, so that every setting shows in the logits."""
+  with torch.no_grad():
+    for p in model.parameters():
       p.add_(0.3 * torch.randn_like(p) if p.ndim >= 2 else 0.1 * torch.randn_like(p))
-  theirs_model.save_pretrained(tmp_path)
-  module, params = load_hf(str(tmp_path))
-  num_image_tokens = (32 // 8) ** 2
-  rng = np.random.default_rng(0)
-  pixels = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
-  text = rng.integers(0, IMAGE_TOKEN, size=(2, 7))
-  prefix_len = 4  # PaliGemma: image + 4 prefix tokens see each other; the rest is causal.
-  ids = np.concatenate([np.full((2, num_image_tokens), IMAGE_TOKEN), text], axis=1)
+  return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, tuple[str, object]]:
+  """{"paligemma" | "llava": (dir, the transformers model saved there)}."""
+  out = {}
+  for name, build in (("paligemma", _paligemma), ("llava", _llava)):
+    torch.manual_seed(0)
+    model = _perturbed(build().eval())
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(path)
+    out[name] = (str(path), model)
+  return out
+
+
+NUM_IMAGE_TOKENS = (32 // 8) ** 2
+PREFIX_LEN = 4  # PaliGemma: image + 4 prefix tokens see each other; the rest is causal.
+
+
+def transformers_logits(model, pixels, text):
+  """transformers' logits at the text positions of [image tokens, text]."""
+  ids = np.concatenate([np.full((len(text), NUM_IMAGE_TOKENS), IMAGE_TOKEN), text], axis=1)
   kwargs = {}
-  if "PaliGemma" in type(theirs_model).__name__:
+  if "PaliGemma" in type(model).__name__:
     # With labels, transformers builds PaliGemma's training mask: the prefix (type 0) seen by
     # every token, the suffix causal (without, the whole input is one prefix).
     kwargs["labels"] = torch.tensor(ids)
-    kwargs["token_type_ids"] = torch.tensor(
-        (np.arange(ids.shape[1]) >= num_image_tokens + prefix_len)[None].repeat(2, 0)
-        .astype(np.int64))
+    kwargs["token_type_ids"] = torch.tensor(np.broadcast_to(
+        np.arange(ids.shape[1]) >= NUM_IMAGE_TOKENS + PREFIX_LEN, ids.shape).astype(np.int64))
   with torch.no_grad():
-    theirs = theirs_model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
-                          attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                          **kwargs).logits.numpy()[:, num_image_tokens:]
-  ar_mask = (np.arange(7) >= prefix_len)[None].repeat(2, 0).astype(np.int32)
-  ours = module.apply({"params": params}, jnp.asarray(pixels.transpose(0, 2, 3, 1)),
-                      jnp.asarray(text, jnp.int32), jnp.asarray(ar_mask),
-                      jnp.ones((2, 7), bool))
-  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
+    return model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
+                 attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                 **kwargs).logits.numpy()[:, NUM_IMAGE_TOKENS:]
+
+
+def our_logits(module, params, pixels, text):
+  ar_mask = np.broadcast_to(np.arange(text.shape[1]) >= PREFIX_LEN, text.shape)
+  return np.asarray(module.apply({"params": params}, jnp.asarray(pixels.transpose(0, 2, 3, 1)),
+                                 jnp.asarray(text, jnp.int32), jnp.asarray(ar_mask, jnp.int32),
+                                 jnp.ones(text.shape, bool)))
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(2, 3, 32, 32)).astype(np.float32),
+          rng.integers(0, 60, size=(2, 7)))
+
+
+@pytest.mark.parametrize("name", ["paligemma", "llava"])
+def test_logits_equal_transformers(name, checkpoints):
+  path, theirs_model = checkpoints[name]
+  module, params = load_hf(path)
+  pixels, text = _inputs()
+  theirs = transformers_logits(theirs_model, pixels, text)
+  np.testing.assert_allclose(our_logits(module, params, pixels, text), theirs, atol=1e-4,
+                             rtol=0)
   # The prefix's attention is part of what is compared: the other kind is far off.
-  other = module.clone(causal_prefix=not module.causal_prefix).apply(
-      {"params": params}, jnp.asarray(pixels.transpose(0, 2, 3, 1)), jnp.asarray(text, jnp.int32),
-      jnp.asarray(ar_mask), jnp.ones((2, 7), bool))
-  assert np.abs(np.asarray(other) - theirs).max() > 1e-2
+  other = our_logits(module.clone(causal_prefix=not module.causal_prefix), params, pixels, text)
+  assert np.abs(other - theirs).max() > 1e-2
+
+
+def test_finetune_sample_and_export_a_paligemma_checkpoint(checkpoints, run_main, tmp_path):
+  """Our loop finetunes a whole PaliGemma checkpoint (all three trees from it), our inference
+  API captions with the result, and transformers runs its export with our logits."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  from gpt4v_jax.data import shapes  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path / "paligemma")
+  shutil.copytree(checkpoints["paligemma"][0], path)
+  words = shapes.vocabulary()
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {"<unk>": 0, **{w: i + 1 for i, w in enumerate(words)}}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tokenizer.save(os.path.join(path, "tokenizer.json"))
+  workdir = tmp_path / "run"
+  r = run_main(f"--workdir={workdir}", f"--config.model.vision_checkpoint={path}",
+               f"--config.model.language_checkpoint={path}", f"--config.tokenizer=hf:{path}",
+               "--config.data.image_size=32", "--config.model.vocab_size=128")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Initialised projector from" in r.stdout + r.stderr
+
+  captions = Model.from_pretrained(str(workdir)).caption([np.zeros((32, 32, 3), np.uint8)])
+  assert isinstance(captions[0], str)
+
+  (out,) = export.export_hf(str(workdir), str(tmp_path / "hf"))
+  params = runs.restore_run(str(workdir), "run")[2].params
+  module, _ = load_hf(out)
+  pixels, text = _inputs(1)
+  theirs = transformers_logits(
+      transformers.PaliGemmaForConditionalGeneration.from_pretrained(out).eval(), pixels, text)
+  np.testing.assert_allclose(our_logits(module, params, pixels, text), theirs, atol=1e-4,
+                             rtol=0)

@@ -162,7 +162,7 @@ def load_params(ckpt: HFDir, sources: dict[ParamPath, Source], target: dict, *,
                           "from config.json reads it (is config.json from this checkpoint?).")
   for key in sorted(needed):
     _, key_dtype = ckpt.info(key)
-    if not np.issubdtype(key_dtype, np.floating):
+    if not jnp.issubdtype(key_dtype, jnp.floating):  # numpy alone knows no bfloat16.
       raise CheckpointError(f"{key} in {ckpt.file_of(key)} has dtype {key_dtype}; a weight "
                             "must be floating point.")
   arrays = [_place(plan, leaf, sources, ckpt) for plan, (_, leaf) in zip(plans, leaves)]

@@ -19,7 +19,7 @@ import numpy as np
 from gpt4v_jax.pretrained import family_of
 from gpt4v_jax.pretrained import families
 from gpt4v_jax.pretrained.families import ParamPath
-from gpt4v_jax.pretrained.hf_dir import INDEX, SINGLE, write_safetensors
+from gpt4v_jax.pretrained.hf_dir import INDEX, SINGLE, HFDir, write_safetensors
 
 # transformers' own default shard size for save_pretrained.
 MAX_SHARD_BYTES = 5 * 1024**3
@@ -47,16 +47,34 @@ def hf_tensors(params: dict, hf_config: dict[str, Any]) -> dict[str, np.ndarray]
           families.hf_tensors(sources, lambda path: _leaf(params, path)).items()}
 
 
+def _is_tied_copy(key: str, config: dict) -> bool:
+  """A stored copy of a tied embedding (lm_head.weight with tie_word_embeddings): transformers
+  ties it on load, and our export of the embedding is the one to keep."""
+  text = config.get("text_config", config)
+  return key.endswith("lm_head.weight") and text.get("tie_word_embeddings", False)
+
+
 def save_hf(params: dict, hf_config: dict[str, Any], out_dir: str, *,
             copy_from: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
   """Writes config.json and model.safetensors (shards and model.safetensors.index.json past
   max_shard_bytes) to `out_dir`; copies tokenizer and processor files from `copy_from` (the
   directory the model was loaded from). Returns out_dir."""
   config = json.loads(json.dumps(hf_config))
-  if family_of(config).kind == "language":
-    embedding = params["embedding"]
-    config["vocab_size"] = int(embedding.shape[0])
+  family = family_of(config)
+  if family.kind == "language":
+    config["vocab_size"] = int(params["embedding"].shape[0])
+  elif family.kind == "vlm":
+    config["text_config"]["vocab_size"] = int(params["decoder"]["embedding"].shape[0])
   tensors = hf_tensors(params, config)
+  if copy_from:
+    # What our model does not use (CLIP's final norm under LLaVA, a full CLIP's text tower,
+    # a pooler) goes back as it was, so the directory is the whole checkpoint.
+    source = HFDir(copy_from)
+    ignored = ((lambda k: family.ignored(k, config)) if family.kind == "vlm"
+               else family.ignored)
+    for key in source.keys():
+      if key not in tensors and ignored(key) and not _is_tied_copy(key, config):
+        tensors[key] = np.array(source.read(key))
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2, sort_keys=True)
