@@ -20,7 +20,7 @@ CORE = [
     # Text tokenizers: config.tokenizer="sentencepiece:..." (trained with
     # gpt4v_jax.data.train_tokenizer) and "hf:.../tokenizer.json".
     "sentencepiece==0.2.3",
-    "tokenizers==0.23.3",
+    "tokenizers==0.22.2",  # transformers 4.57 (the tests' oracle) takes <= 0.23.0.
     "rouge-score==0.1.2",  # Summaries' ROUGE-1/2/L (objectives/prompt.py).
     # Captions' official PTB tokenization (needs Java; the built-in tokenizer otherwise).
     "pycocoevalcap==1.2",
