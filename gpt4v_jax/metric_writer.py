@@ -4,10 +4,28 @@ import collections
 import glob
 import os
 import struct
+import sys
 
 import jax
-from tensorboardX import SummaryWriter
-from tensorboardX.proto import event_pb2
+
+
+def _import_tensorboardx():
+  """(SummaryWriter, event_pb2). tensorboardX imports torch whenever it is installed, only to
+  accept torch tensors: over a second per process where torch is there (the test environment:
+  the pretrained tests' oracle). Hidden for that import; it stays importable after."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter, event_pb2
+
+
+SummaryWriter, event_pb2 = _import_tensorboardx()
 
 
 class MetricWriter:

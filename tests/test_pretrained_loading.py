@@ -3,6 +3,8 @@ directory gets (the families' numerics are tests/test_pretrained_{vision,languag
 import json
 import os
 import shutil
+import subprocess
+import sys
 import weakref
 
 import jax
@@ -152,3 +154,14 @@ def test_bad_directories_are_clear_errors(llama_dir, tmp_path):
     json.dump(dict(config, model_type="mamba"), f)
   with pytest.raises(UnsupportedCheckpoint, match="model_type 'mamba' is not supported"):
     load_hf(kind)
+
+
+def test_loading_never_imports_torch_or_transformers(llama_dir):
+  """torch and transformers are the tests' oracle only: loading, composing and exporting run
+  without them."""
+  code = ("import sys; from gpt4v_jax.pretrained import load_hf, compose, hf_export; "
+          f"load_hf({llama_dir!r}); "
+          "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                     env={**os.environ, "XLA_FLAGS": ""}, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]

@@ -7,7 +7,6 @@
 """
 import math
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
 

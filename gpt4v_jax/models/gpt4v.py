@@ -18,7 +18,6 @@ length, so decoding equals the full forward pass of the unpadded sequence.
 """
 import jax.numpy as jnp
 import flax.linen as nn
-import ml_collections
 
 from gpt4v_jax.models.decoder import Decoder
 from gpt4v_jax.models.fusion import PerceiverResampler, Projector, prefix_lm_mask

@@ -9,7 +9,6 @@ By default: no class token, biased patch embedding, a final LayerNorm, tanh-appr
 """
 import re
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
 

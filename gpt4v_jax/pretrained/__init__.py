@@ -22,7 +22,8 @@ from gpt4v_jax import sharding
 from gpt4v_jax.pretrained.families import Family, ParamPath, Source, UnsupportedCheckpoint
 from gpt4v_jax.pretrained.hf_dir import CheckpointError, HFDir
 
-__all__ = ["load_hf", "family_of", "load_params", "target_params", "CheckpointError", "UnsupportedCheckpoint"]
+__all__ = ["load_hf", "family_of", "load_params", "target_params", "CheckpointError",
+           "UnsupportedCheckpoint"]
 
 
 def _families() -> tuple[Family, ...]:

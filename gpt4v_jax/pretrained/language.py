@@ -25,8 +25,7 @@ import numpy as np
 
 from gpt4v_jax.models import activations
 from gpt4v_jax.models.decoder import Decoder
-from gpt4v_jax.pretrained.families import (Part, ParamPath, Source, UnsupportedCheckpoint,
-                                           same)
+from gpt4v_jax.pretrained.families import Part, Source, UnsupportedCheckpoint, same
 
 _ACTIVATIONS = activations.HF_NAMES
 

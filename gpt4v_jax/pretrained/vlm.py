@@ -25,9 +25,6 @@ import numpy as np
 from gpt4v_jax.models import activations
 from gpt4v_jax.pretrained.families import ParamPath, Source, UnsupportedCheckpoint
 
-_TOWERS = {"llava": "vision_tower.", "paligemma": "vision_tower."}
-
-
 def _families():
   from gpt4v_jax.pretrained import language, vision  # pylint: disable=import-outside-toplevel
   return tuple(vision.FAMILIES), tuple(language.FAMILIES)
@@ -47,11 +44,6 @@ def _linear(weight: str, bias: str, tree: tuple[str, ...]) -> dict[ParamPath, So
   return {tree + ("kernel",): Source((weight,), lambda w: np.ascontiguousarray(w.T),
                                      lambda k: (np.ascontiguousarray(k.T),)),
           tree + ("bias",): Source((bias,), lambda b: b, lambda b: (b,))}
-
-
-def _prefixed(sources: dict[ParamPath, Source], tree: str, rename) -> dict[ParamPath, Source]:
-  return {(tree,) + path: dataclasses.replace(s, keys=tuple(map(rename, s.keys)))
-          for path, s in sources.items()}
 
 
 class VisionLanguage:
