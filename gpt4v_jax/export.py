@@ -45,7 +45,8 @@ def export(workdir: str, out_dir: str, *, params_format: str = "orbax") -> str:
         files[f"{key}/config.json"] = os.path.join(config.model[key], "config.json")
         config.model[key] = key
     if "tokenizer" in config:  # A VQ-VAE has none.
-      config.tokenizer, files = _tokenizer_files(config.tokenizer, tmp)
+      config.tokenizer, tokenizer_files = _tokenizer_files(config.tokenizer, tmp)
+      files.update(tokenizer_files)
     model_dir.write(out_dir, config, variables, preprocess=datasets.preprocess(config.data),
                     params_format=params_format, files=files,
                     info=dict(source_workdir=workdir, step=step,

@@ -125,9 +125,17 @@ def test_finetune_sample_and_export_a_paligemma_checkpoint(checkpoints, run_main
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Initialised projector from" in r.stdout + r.stderr
 
-  captions = Model.from_pretrained(str(workdir)).caption([np.zeros((32, 32, 3), np.uint8)])
+  image = [np.zeros((32, 32, 3), np.uint8)]
+  captions = Model.from_pretrained(str(workdir)).caption(image)
   assert isinstance(captions[0], str)
+  # Our own model directory carries the checkpoint's config.json (the architecture), so it
+  # loads without the checkpoint directory.
+  model_dir = export.export(str(workdir), str(tmp_path / "model"))
+  shutil.rmtree(path)
+  assert Model.from_pretrained(model_dir).caption(image) == captions
 
+  shutil.copytree(checkpoints["paligemma"][0], path)  # export_hf reads it (and its tokenizer).
+  tokenizer.save(os.path.join(path, "tokenizer.json"))
   (out,) = export.export_hf(str(workdir), str(tmp_path / "hf"))
   params = runs.restore_run(str(workdir), "run")[2].params
   module, _ = load_hf(out)
