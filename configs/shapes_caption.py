@@ -20,15 +20,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # name: "shapes" (embedded, built under data_dir on first use), or a user's data at `path`:
   # "folder", "coco_captions", "vqav2" (README, "Your own data"), converted once into data_dir.
-  # Images: resized to image_size x image_size ("squash", "pad" or "crop"; shapes' 64x64
-  # PNGs are used as they are), normalised ("minus_one_to_one", "imagenet", "clip"); files
+  # Images: resized to image_size x image_size ("squash", "pad", "crop" or "resize_crop";
+  # shapes' 64x64 PNGs are used as they are) with `resample` ("bicubic", "bilinear",
+  # "nearest"), normalised ("minus_one_to_one", "imagenet", "clip"); files
   # over max_pixels are bad examples (decompression bombs). Train-time augmentation:
   # random_resized_crop=(min_area, max_area) of the image, () for none; hflip stays off
   # because captions and questions say left and right.
   # on_bad_example: "skip" (counted in train/skipped_examples) or "error"; captions longer
   # than the text row are cut and counted in train/truncated_texts.
   c.data = dict(name="shapes", path="", data_dir="data_dir", builder_config="default",
-                train_split="train", image_size=64, resize="squash",
+                train_split="train", image_size=64, resize="squash", resample="bicubic",
                 normalize="minus_one_to_one", max_pixels=64_000_000, random_resized_crop=(),
                 hflip=False, global_batch_size=16, num_threads=2, on_bad_example="skip")
   # Text row: BOS, task token, caption (<= 23 words and marks, over all splits), EOS.

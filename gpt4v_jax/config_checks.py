@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
 _ADDED_KEYS = {
     # Before the data seam every run read shapes' 64x64 PNGs as they are.
     "data.name": "shapes", "data.path": "", "data.image_size": 64, "data.resize": "squash",
+    "data.resample": "bicubic",
     "data.normalize": "minus_one_to_one", "data.max_pixels": 64_000_000,
     "data.random_resized_crop": [], "data.hflip": False,
     "optimizer.frozen": [],
@@ -91,12 +92,30 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   if kinds.KINDS[config.objective.kind].language_model:
     _check_language_model(config)
   _check_data(config)
+  _check_vision_checkpoint(config)
   if config.init.workdir and not _has_checkpoint(config.init.workdir):
     raise ValueError(f"config.init.workdir={config.init.workdir!r} holds no checkpoint to "
                      "initialise from.")
   if config.data.on_bad_example not in pipeline.ON_BAD_EXAMPLE:
     raise ValueError(f"config.data.on_bad_example={config.data.on_bad_example!r}: expected one "
                      f"of {pipeline.ON_BAD_EXAMPLE}.")
+
+
+def _check_vision_checkpoint(config: ml_collections.ConfigDict) -> None:
+  """A pretrained vision tower sees its images as its own processor prepared them: the
+  resolution, resize, resample and normalisation of config.data must be the processor's."""
+  path = config.get("model", {}).get("vision_checkpoint", "")
+  if not path or not os.path.exists(os.path.join(path, "preprocessor_config.json")):
+    return
+  from gpt4v_jax.pretrained import vision  # pylint: disable=import-outside-toplevel
+  theirs, ours = vision.preprocess_from(path), datasets.preprocess(config.data)
+  for field, key in (("size", "image_size"), ("resize", "resize"), ("resample", "resample"),
+                     ("normalize", "normalize")):
+    if getattr(ours, field) != getattr(theirs, field):
+      raise ValueError(f"config.data.{key}={getattr(ours, field)!r}, but the vision tower's "
+                       f"processor ({path}/preprocessor_config.json) prepares its images with "
+                       f"{getattr(theirs, field)!r}: set --config.data.{key}="
+                       f"{getattr(theirs, field)}.")
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:

@@ -6,6 +6,7 @@ decoder with a word-level tokenizer over shapes' language), saved with save_pret
 """
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -101,3 +102,26 @@ def test_exported_decoder_runs_in_transformers_with_our_logits(stages, tmp_path)
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
   _, vit = load_hf(vision_dir)
   assert _equal(jax.device_get(vit), params["vit"])
+
+
+def test_images_must_be_prepared_as_the_towers_processor_does(checkpoints, tmp_path):
+  """config.data's resolution, resize, resample and normalisation are checked against the
+  vision checkpoint's preprocessor_config.json before anything is built."""
+  from configs import pretrained_caption  # pylint: disable=import-outside-toplevel
+  from gpt4v_jax import config_checks  # pylint: disable=import-outside-toplevel
+  vision = str(tmp_path / "vision")
+  shutil.copytree(checkpoints["vision"], vision)
+  transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vision)
+  config = pretrained_caption.get_config("stage1,tiny")
+  config.model.update(vision_checkpoint=vision, language_checkpoint=checkpoints["language"],
+                      vocab_size=128)
+  config.tokenizer = "hf:" + checkpoints["language"]
+  config.data.update(image_size=32, normalize="clip")
+  with pytest.raises(ValueError, match="config.data.normalize='clip', but the vision tower's "
+                     "processor .* 'minus_one_to_one': set --config.data.normalize="):
+    config_checks.check(config, str(tmp_path / "run"))
+  config.data.update(normalize="minus_one_to_one", image_size=64)
+  with pytest.raises(ValueError, match="config.data.image_size=64.*--config.data.image_size=32"):
+    config_checks.check(config, str(tmp_path / "run"))
+  config.data.image_size = 32
+  config_checks.check(config, str(tmp_path / "run"))

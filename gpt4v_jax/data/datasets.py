@@ -48,7 +48,8 @@ def preprocess(data: ml_collections.ConfigDict) -> images.Preprocess:
   train-time augmentation); a bad setting is a ValueError naming its config key."""
   try:
     return images.Preprocess(
-        size=data.image_size, resize=data.resize, normalize=data.normalize,
+        size=data.image_size, resize=data.resize, resample=data.resample,
+        normalize=data.normalize,
         max_pixels=data.max_pixels,
         random_resized_crop=(tuple(data.random_resized_crop) if data.random_resized_crop
                              else False),
