@@ -44,6 +44,12 @@ def _init(names, in_axis=-2, out_axis=-1):
 
 NORMS = ("rms", "rms_plus_one", "layer")
 POSITION_KINDS = ("rope", "learned")
+def _embedding_init(names):
+  """Rows of std 1/sqrt(width) (a table [rows, width]), carrying logical `names`."""
+  return nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0), names)
+
+
 def _zeros(names):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
@@ -565,19 +571,13 @@ class Decoder(nn.Module):
     # `embed` multiplies by sqrt(width) to give unit-RMS input embeddings.
     self.embedding = self.param(
         "embedding",
-        nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, "fan_in", "normal",
-                                             in_axis=1, out_axis=0),
-            ("vocab", "embed")),
+        _embedding_init(("vocab", "embed")),
         (self.vocab_size, self.width), jnp.float32)
     if self.num_code_positions:
       # Scaled like the token embedding, which `embed` adds it to.
       self.code_position_embedding = self.param(
           "code_position_embedding",
-          nn.with_logical_partitioning(
-              nn.initializers.variance_scaling(1.0, "fan_in", "normal",
-                                               in_axis=1, out_axis=0),
-              (None, "embed")),
+          _embedding_init((None, "embed")),
           (self.num_code_positions, self.width), jnp.float32)
     if not self.tie_embeddings:
       self.unembedding = self.param("unembedding", _init(("embed", "vocab")),
@@ -586,10 +586,7 @@ class Decoder(nn.Module):
       # Scaled like the token embedding, which `__call__` adds it to.
       self.position_embedding = self.param(
           "position_embedding",
-          nn.with_logical_partitioning(
-              nn.initializers.variance_scaling(1.0, "fan_in", "normal",
-                                               in_axis=1, out_axis=0),
-              (None, "embed")),
+          _embedding_init((None, "embed")),
           (self.max_positions, self.width), jnp.float32)
     # static_argnums counts `self` as 0, so 6 is `deterministic`.
     block = remat_lib.remat(Block, self.remat, static_argnums=(6,))

@@ -85,6 +85,24 @@ def mlp(x, mlp_dim, activation, dtype):
   return dense(x.shape[-1], ("mlp", "embed"), dtype, "mlp_out")(y)
 
 
+def out_projection(module: nn.Module, y, width: int):
+  """Attention heads [batch, t, heads, head_dim] -> [batch, t, width] with `module`'s
+  "out_kernel" [heads, head_dim, width] and "out_bias" [width] (created in its scope, so call
+  it from a compact method), in its dtype."""
+  heads, head_dim = y.shape[-2:]
+  kernel = module.param(
+      "out_kernel",
+      nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                           in_axis=(0, 1), out_axis=2),
+          ("heads", "head_dim", "embed")),
+      (heads, head_dim, width), jnp.float32)
+  bias = module.param(
+      "out_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+      (width,), jnp.float32)
+  return matmul.contract(y, kernel.astype(module.dtype), 2) + bias.astype(module.dtype)
+
+
 class Attention(nn.Module):
   """Full (bidirectional) multi-head self-attention with biases."""
   num_heads: int
@@ -116,19 +134,7 @@ class Attention(nn.Module):
     q, k, v = proj("query"), proj("key"), proj("value")
     y = attention.dot_product_attention(q, k, v)
     y = nn.with_logical_constraint(y, _BTHD)
-    out_kernel = self.param(
-        "out_kernel",
-        nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                             in_axis=(0, 1), out_axis=2),
-            ("heads", "head_dim", "embed")),
-        (self.num_heads, head_dim, width), jnp.float32)
-    out_bias = self.param(
-        "out_bias",
-        nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-        (width,), jnp.float32)
-    y = matmul.contract(y, out_kernel.astype(self.dtype), 2)
-    return nn.with_logical_constraint(y + out_bias.astype(self.dtype), _BTE)
+    return nn.with_logical_constraint(out_projection(self, y, width), _BTE)
 
 
 class Block(nn.Module):
@@ -192,17 +198,7 @@ class MAPHead(nn.Module):
     k = nn.with_logical_constraint(matmul.contract(x, kernel[:, 1]) + bias[1], _BTHD)
     v = nn.with_logical_constraint(matmul.contract(x, kernel[:, 2]) + bias[2], _BTHD)
     y = attention.dot_product_attention(q, k, v)
-    out_kernel = self.param(
-        "out_kernel",
-        nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                             in_axis=(0, 1), out_axis=2),
-            ("heads", "head_dim", "embed")),
-        (heads, head_dim, width), jnp.float32)
-    out_bias = self.param(
-        "out_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-        (width,), jnp.float32)
-    y = matmul.contract(y, out_kernel.astype(self.dtype), 2) + out_bias.astype(self.dtype)
+    y = out_projection(self, y, width)
     # SigLIP's head has no residual around its attention (the probe is not added back).
     y = y + mlp(layer_norm(self.dtype, "ln", self.norm_eps)(y), self.mlp_dim, self.activation,
                 self.dtype)
