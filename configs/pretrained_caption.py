@@ -60,6 +60,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.update(steps=2000, checkpoint_every=1000)
   c.evals.every = c.train.checkpoint_every
   if size == "tiny":
-    c.train.update(steps=4, log_every=2, checkpoint_every=2)
-    c.evals.update(every=2)
+    c.train.update(steps=4, log_every=2, checkpoint_every=4)
+    c.evals.update(every=4)
   return c

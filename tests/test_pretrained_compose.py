@@ -15,7 +15,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from gpt4v_jax import export, runs  # pylint: disable=wrong-import-position
+from gpt4v_jax import export, main, runs  # pylint: disable=wrong-import-position
 from gpt4v_jax.pretrained import load_hf  # pylint: disable=wrong-import-position
 
 
@@ -43,22 +43,28 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
   return {"vision": str(root / "vision"), "language": str(root / "language")}
 
 
-def _flags(checkpoints, workdir, *more):
-  return (f"--workdir={workdir}", f"--config.model.vision_checkpoint={checkpoints['vision']}",
-          f"--config.model.language_checkpoint={checkpoints['language']}",
-          f"--config.tokenizer=hf:{checkpoints['language']}", "--config.data.image_size=32",
-          "--config.model.vocab_size=128", *more)
+def _config(checkpoints, stage, data_dir, **init):
+  """configs/pretrained_caption.py:<stage>,tiny on the two checkpoints."""
+  from configs import pretrained_caption  # pylint: disable=import-outside-toplevel
+  config = pretrained_caption.get_config(f"{stage},tiny")
+  config.model.update(vision_checkpoint=checkpoints["vision"],
+                      language_checkpoint=checkpoints["language"], vocab_size=128)
+  config.tokenizer = "hf:" + checkpoints["language"]
+  config.data.update(image_size=32, data_dir=data_dir)
+  config.init.update(init)
+  return config
 
 
 @pytest.fixture(scope="module")
-def stages(checkpoints, run_main, tmp_path_factory) -> tuple[str, str]:
-  """Workdirs of the tiny stage-1 run and the stage-2 run that starts from it."""
+def stages(checkpoints, tiny_data_dir, tmp_path_factory) -> tuple[str, str]:
+  """Workdirs of the tiny stage-1 run and the stage-2 run that starts from it (trained in this
+  process, as from a notebook: a process start per run is most of a tiny run's time)."""
   root = tmp_path_factory.mktemp("stages")
-  r = run_main(*_flags(checkpoints, root / "stage1"), config="pretrained_caption.py:stage1,tiny")
-  assert r.returncode == 0, r.stderr[-3000:]
-  r = run_main(*_flags(checkpoints, root / "stage2", f"--config.init.workdir={root}/stage1"),
-               config="pretrained_caption.py:stage2,tiny")
-  assert r.returncode == 0, r.stderr[-3000:]
+  stage1 = _config(checkpoints, "stage1", tiny_data_dir)
+  stage1.evals.update(during_splits=(), final_splits=())  # Stage 2 evaluates.
+  main.train(stage1, str(root / "stage1"))
+  main.train(_config(checkpoints, "stage2", tiny_data_dir, workdir=str(root / "stage1")),
+             str(root / "stage2"))
   return str(root / "stage1"), str(root / "stage2")
 
 
@@ -107,15 +113,11 @@ def test_exported_decoder_runs_in_transformers_with_our_logits(stages, tmp_path)
 def test_images_must_be_prepared_as_the_towers_processor_does(checkpoints, tmp_path):
   """config.data's resolution, resize, resample and normalisation are checked against the
   vision checkpoint's preprocessor_config.json before anything is built."""
-  from configs import pretrained_caption  # pylint: disable=import-outside-toplevel
   from gpt4v_jax import config_checks  # pylint: disable=import-outside-toplevel
   vision = str(tmp_path / "vision")
   shutil.copytree(checkpoints["vision"], vision)
   transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vision)
-  config = pretrained_caption.get_config("stage1,tiny")
-  config.model.update(vision_checkpoint=vision, language_checkpoint=checkpoints["language"],
-                      vocab_size=128)
-  config.tokenizer = "hf:" + checkpoints["language"]
+  config = _config(dict(checkpoints, vision=vision), "stage1", str(tmp_path / "data"))
   config.data.update(image_size=32, normalize="clip")
   with pytest.raises(ValueError, match="config.data.normalize='clip', but the vision tower's "
                      "processor .* 'minus_one_to_one': set --config.data.normalize="):

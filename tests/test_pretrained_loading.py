@@ -165,3 +165,21 @@ def test_loading_never_imports_torch_or_transformers(llama_dir):
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                      env={**os.environ, "XLA_FLAGS": ""}, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_base_model_checkpoints_load_without_the_head_prefix(tmp_path):
+  """A checkpoint saved from the base model (GPT2Model: "wte.weight", "h.0...", as the
+  original GPT-2 release is stored) loads as the LM-head model's ("transformer.wte.weight")."""
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2,
+                                   n_positions=16)
+  transformers.GPT2Model(config).save_pretrained(tmp_path / "base")
+  lm = transformers.GPT2LMHeadModel(config)
+  lm.transformer.load_state_dict(transformers.GPT2Model.from_pretrained(
+      tmp_path / "base").state_dict())
+  assert "wte.weight" in hf_dir.HFDir(str(tmp_path / "base")).keys()
+  module, params = load_hf(str(tmp_path / "base"))
+  with torch.no_grad():
+    theirs = lm.eval()(torch.tensor(TOKENS[:2] % 64)).logits.numpy()
+  ours = np.asarray(module.apply({"params": params}, TOKENS[:2] % 64))
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
