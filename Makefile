@@ -18,4 +18,4 @@ train: setup
 	$(VENV)/bin/python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=$(WORKDIR)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=30 tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
