@@ -28,7 +28,8 @@ CORE = [
 ]
 TEST = ["pytest==9.2.0",
         # Two workers (make test): the suite's end-to-end runs are single-threaded compiles
-        # and process starts, which a second core halves (16.4 -> 12.9 min on 2 cores).
+        # and process starts, which a second core overlaps (12.9 min on 2 cores; one process
+        # ran 16.4 min a few commits earlier, about 15.7 at this suite).
         "pytest-xdist==3.8.0",
         # tests/test_colabs.py runs the notebooks headless.
         "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
