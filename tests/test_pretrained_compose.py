@@ -94,7 +94,7 @@ def test_two_stages_train_what_the_config_says(checkpoints, stages):
   assert not _equal(stage2["projector"], stage1["projector"])
 
 
-def test_exported_decoder_runs_in_transformers_with_our_logits(stages, tmp_path):
+def test_exported_decoder_and_tower_run_in_transformers_with_our_outputs(stages, tmp_path):
   vision_dir, language_dir = export.export_hf(stages[1], str(tmp_path / "hf"))
   params = _params(stages[1])
   module, decoder = load_hf(language_dir)
@@ -106,8 +106,13 @@ def test_exported_decoder_runs_in_transformers_with_our_logits(stages, tmp_path)
   theirs = transformers.AutoModelForCausalLM.from_pretrained(language_dir)(
       torch.tensor(tokens)).logits.detach().numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
-  _, vit = load_hf(vision_dir)
+  tower, vit = load_hf(vision_dir)
   assert _equal(jax.device_get(vit), params["vit"])
+  pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  theirs = transformers.SiglipVisionModel.from_pretrained(vision_dir)(
+      torch.tensor(pixels.transpose(0, 3, 1, 2))).last_hidden_state.detach().numpy()
+  np.testing.assert_allclose(np.asarray(tower.apply({"params": vit}, pixels)), theirs,
+                             atol=1e-4, rtol=0)
 
 
 def test_images_must_be_prepared_as_the_towers_processor_does(checkpoints, tmp_path):
