@@ -6,9 +6,14 @@ import sys
 
 import pytest
 
+# Two pytest workers share two cores, so one fake device's thread can reach a collective long
+# after the others; XLA aborts a process whose collective waits past its terminate timeout
+# (seen once: a tiny text-to-image run killed in an all-gather). Tests wait longer.
+COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                       "--xla_cpu_collective_timeout_seconds=600")
+XLA_FLAGS = "--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUTS
 # Must happen before jax is imported anywhere.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + XLA_FLAGS
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +32,7 @@ def run_main(tmp_path_factory, tiny_data_dir):
   `fault=(FAULT, STEP)` runs it through tests/fault_injection.py instead. All runs share one
   persistent XLA compilation cache, so only the first run of a program pays for compiling it.
   """
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": XLA_FLAGS,
          "PYTHONPATH": ROOT,
          "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
