@@ -33,6 +33,7 @@ TEST = ["pytest==9.2.0",
         "pytest-xdist==3.8.0",
         # tests/test_colabs.py runs the notebooks headless.
         "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+        "faiss-cpu==1.15.1",  # similarity.Index's optional backend="faiss"; never imported eagerly.
         # The oracle of tests/test_pretrained_*.py: random checkpoints built and run by
         # transformers (PyTorch, CPU). Never imported by the package.
         "torch==2.13.0", "transformers==4.57.6"]

@@ -176,6 +176,10 @@ def _check_language_model(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
                      f"{vocab} ids of the tokenizer" + (" and the image codes" if "text_to_image"
                                                         in parts else "") + ".")
+  if "contrastive" in parts and config.train.microbatches > 1:
+    raise ValueError(f"config.train.microbatches={config.train.microbatches} with a "
+                     "contrastive objective: its loss pairs every image with every text of "
+                     "the batch, so micro-batches would change it (fewer negatives); use 1.")
   if config.model.num_heads % config.model.num_kv_heads:
     raise ValueError(f"config.model.num_kv_heads={config.model.num_kv_heads} must divide "
                      f"config.model.num_heads={config.model.num_heads}.")

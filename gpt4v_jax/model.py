@@ -33,6 +33,7 @@ from gpt4v_jax import beam_search, decode, model_dir, runs, sampling, sharding
 from gpt4v_jax.data import images as images_lib
 from gpt4v_jax.data.pipeline import BadExample
 from gpt4v_jax.metric_writer import log
+from gpt4v_jax.objectives import contrastive
 
 # What `images`, `caption`, ... accept as one image: a path, the file's bytes, a PIL image or a
 # uint8 [H, W, 3] array.
@@ -375,20 +376,45 @@ class Model:
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
   def embed(self, images: Sequence[ImageInput], *, pool: bool = True) -> np.ndarray:
-    """The vision encoder's output for each image: mean-pooled float32 [n, width], or every
-    token [n, tokens, width] with pool=False."""
+    """One embedding per image. A model trained with the contrastive objective gives its
+    joint image-text embedding, L2-normalised float32 [n, embed_dim] (compare with
+    `embed_text`'s by inner product); others the vision encoder's output, mean-pooled float32
+    [n, width]. pool=False: the encoder's every token [n, tokens, width]."""
+    joint = pool and getattr(self.module, "contrastive", None) is not None
     out = []
     for start in range(0, len(images), 64):
       chunk = slice(start, min(len(images), start + 64))
       pixels, _ = self._image_batch(images, chunk)
       b = len(pixels)
-      pixels = _pad_rows(pixels, self._batch_bucket(b))
+      pixels = jax.device_put(_pad_rows(pixels, self._batch_bucket(b)),
+                              sharding.batch_sharding(self.mesh))
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-        tokens = _encode(self.module, self.params, jax.device_put(
-            pixels, sharding.batch_sharding(self.mesh)))
-      tokens = np.asarray(tokens, np.float32)[:b]
+        if joint:
+          embedded = contrastive.embed_images(self.module, self.params, pixels)
+          out.append(np.asarray(embedded)[:b])
+          continue
+        tokens = np.asarray(_encode(self.module, self.params, pixels), np.float32)[:b]
       out.append(tokens.mean(axis=1) if pool else tokens)
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+    """The contrastive model's text embeddings, L2-normalised float32 [n, embed_dim], of
+    `texts` as its training rows hold them (cut to the row's length, keeping EOS)."""
+    if getattr(self.module, "contrastive", None) is None:
+      raise ValueError("This model has no text embedding: train it with the contrastive "
+                       "objective (configs/shapes_contrastive.py).")
+    part = self.part("contrastive")
+    out = []
+    for start in range(0, len(texts), 64):
+      rows = [part.text_row(t) for t in texts[start:start + 64]]
+      b = len(rows)
+      bucket = self._batch_bucket(b)
+      ids, mask = (jax.device_put(_pad_rows(np.stack([r[k] for r in rows]), bucket),
+                                  sharding.batch_sharding(self.mesh)) for k in (0, 1))
+      with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+        embedded = contrastive.embed_texts(self.module, self.params, ids, mask)
+      out.append(np.asarray(embedded)[:b])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
   def _task_prompt(self, part, text: str) -> list[int]:
     """part.prompt_ids(text), with a too-long text as a ValueError."""

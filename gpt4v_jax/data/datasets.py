@@ -32,7 +32,7 @@ Datasets (`config.data.name`):
 The last three are converted once into array_record files under config.data.data_dir and read
 from there afterwards; nothing is downloaded.
 """
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -78,13 +78,18 @@ def open_splits(data: ml_collections.ConfigDict) -> dict[str, Any]:
   return module.load(data.path, data.data_dir)
 
 
-def dataset_metrics(name: str) -> dict[str, Callable[[list[dict], list[str]], dict]]:
-  """{objective kind: fn(examples, predictions) -> extra metrics} that only this dataset can
-  compute: for shapes, captions parsed back into objects and scored against the scene
-  (object precision/recall/F1, scene accuracy). Other datasets have none."""
+def dataset_metrics(name: str) -> dict[str, Any]:
+  """{objective kind: what only this dataset can score}. For shapes, whose scenes are known:
+  "caption", fn(examples, predictions) -> metrics (captions parsed back into objects and
+  scored against the scene: object precision/recall/F1, scene accuracy); "contrastive", the
+  retrieval keys (images and captions with the same set of objects are interchangeable) and
+  zero-shot tasks of `objectives/contrastive.py`. Other datasets have none."""
   if name == "shapes":
     from gpt4v_jax.evals import shapes_metrics
-    return {"caption": shapes_metrics.caption_object_metrics}
+    return {"caption": shapes_metrics.caption_object_metrics,
+            "contrastive": dict(image_key=shapes_metrics.image_key,
+                                text_key=shapes_metrics.text_key,
+                                zero_shot=shapes_metrics.zero_shot_tasks())}
   return {}
 
 

@@ -25,7 +25,7 @@ NUM_RESERVED = 16  # Size of the special block; room for task and image tokens.
 # The first prompt token names the task, so one decoder can serve several objectives with a
 # one-token prompt (cheaper than spelling "caption:" in bytes). "prompt" is a generic
 # prompt -> target task. New tasks take spare offsets (9..15); existing ones never move.
-TASK_IDS = {"caption": 3, "vqa": 4, "text_to_image": 5, "prompt": 8}
+TASK_IDS = {"caption": 3, "vqa": 4, "text_to_image": 5, "prompt": 8, "contrastive": 9}
 # Begin and end of an image's code tokens (text-to-image); the codes themselves take the ids
 # from the tokenizer's vocab_size on.
 BOI_ID, EOI_ID = 6, 7

@@ -28,15 +28,24 @@ def evaluate_split(*, objective: Any, model: Any, params: Any, model_state: Any,
   `sample_grid(infos, predictions)` (images) gets it saved as
   `{out_dir}/samples_{split}_step{step}.png`. `objective.evaluate(run)` decides what is run:
   a single objective itself, a mixture each of its parts (metrics prefixed with the part's
-  name, "caption/object_f1", records tagged with it).
+  name, "caption/object_f1", records tagged with it), the contrastive objective its image
+  and text embeddings (`run(view, examples=None)`: a view is predicted and scored like an
+  objective, on the split or on a list of examples).
   Bad examples are skipped (counted in `skipped_examples`) or raise, as `on_bad_example` says.
   Returns (metrics, per-item records); writes `{out_dir}/eval_{split}_step{step}.json`.
   """
   start = time.perf_counter()
-  evaluate = functools.partial(
-      _predict_and_score, model=model, params=params, model_state=model_state, source=source,
-      num_examples=num_examples, batch_size=batch_size, mesh=mesh,
-      on_bad_example=on_bad_example)
+  predict_and_score = functools.partial(
+      _predict_and_score, model=model, params=params, model_state=model_state,
+      batch_size=batch_size, mesh=mesh, on_bad_example=on_bad_example)
+
+  def evaluate(single_objective, examples=None):
+    """Predicts and scores one single objective on the split, or on `examples` (a list of
+    standard examples, e.g. an objective's own prompts)."""
+    if examples is None:
+      return predict_and_score(single_objective, source=source, num_examples=num_examples)
+    return predict_and_score(single_objective, source=examples, num_examples=len(examples))
+
   metrics, records, grid = objective.evaluate(evaluate)
   if grid is not None and out_dir is not None and jax.process_index() == 0:
     path = os.path.join(out_dir, f"samples_{split}_step{step}.png")

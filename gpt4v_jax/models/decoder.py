@@ -651,7 +651,26 @@ class Decoder(nn.Module):
 
   def __call__(self, x, positions, attn_mask, cache=None, cache_index=None,
                deterministic=True, context=None, context_visible=None):
-    """Runs the blocks and the unembedding.
+    """Runs the blocks and the unembedding: `hidden_states`, then the logits.
+
+    Returns:
+      (logits [batch, t, vocab] float32, updated cache or None).
+    """
+    x, new_cache = self.hidden_states(x, positions, attn_mask, cache, cache_index,
+                                      deterministic, context, context_visible)
+    if self.tie_embeddings:
+      logits = matmul.contract(x, self.embedding.astype(self.dtype), transpose_w=True,
+                               preferred_element_type=jnp.float32)
+    else:
+      logits = matmul.contract(x, self.unembedding.astype(self.dtype),
+                               preferred_element_type=jnp.float32)
+    logits = nn.with_logical_constraint(
+        logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits, new_cache
+
+  def hidden_states(self, x, positions, attn_mask, cache=None, cache_index=None,
+                    deterministic=True, context=None, context_visible=None):
+    """Runs the blocks and the final norm (a text tower's output, before any logits).
 
     Args:
       x: [batch, t, width] input embeddings.
@@ -668,7 +687,7 @@ class Decoder(nn.Module):
       context_visible: [batch] bool, False hides an example's image from them.
 
     Returns:
-      (logits [batch, t, vocab] float32, updated cache or None).
+      (hidden states [batch, t, width] in the decoder's dtype, updated cache or None).
     """
     x = nn.with_logical_constraint(x.astype(self.dtype), _BTE)
     if self.position_kind == "learned":
@@ -688,13 +707,4 @@ class Decoder(nn.Module):
                                deterministic)
         if cache is not None:
           new_cache.append(layer_cache)
-    x = self.final_norm(x)
-    if self.tie_embeddings:
-      logits = matmul.contract(x, self.embedding.astype(self.dtype), transpose_w=True,
-                               preferred_element_type=jnp.float32)
-    else:
-      logits = matmul.contract(x, self.unembedding.astype(self.dtype),
-                               preferred_element_type=jnp.float32)
-    logits = nn.with_logical_constraint(
-        logits, ("activation_batch", "activation_length", "activation_vocab"))
-    return logits, new_cache
+    return self.final_norm(x), new_cache

@@ -19,6 +19,7 @@ length, so decoding equals the full forward pass of the unpadded sequence.
 import jax.numpy as jnp
 import flax.linen as nn
 
+from gpt4v_jax.models.contrastive import ContrastiveHead
 from gpt4v_jax.models.decoder import Decoder
 from gpt4v_jax.models.fusion import PerceiverResampler, Projector, prefix_lm_mask
 from gpt4v_jax.models.vit import ViT, vit_variant
@@ -44,6 +45,8 @@ class GPT4V(nn.Module):
     projector_activation: the "mlp" projector's activation (see `Projector`).
     causal_prefix: False (PaliGemma's prefix-LM: image and prompt tokens see each other);
       True: every token attends causally, the image's and the prompt's too (LLaVA).
+    contrastive: optional unbound `ContrastiveHead`: image and text embeddings for the
+      contrastive objective (`contrastive_outputs`), the decoder serving as the text tower.
   """
   vit: ViT
   decoder: Decoder
@@ -53,6 +56,7 @@ class GPT4V(nn.Module):
   resampler: PerceiverResampler | None = None
   projector_activation: str = "gelu_tanh"
   causal_prefix: bool = False
+  contrastive: ContrastiveHead | None = None
 
   def __post_init__(self):
     if self.fusion not in ("prefix", "cross_attention"):
@@ -148,7 +152,36 @@ class GPT4V(nn.Module):
     logits, _ = self.decoder(x, positions,
                              prefix_lm_mask(ar_mask, input_mask),
                              deterministic=deterministic, **context)
+    if self.contrastive is not None and self.is_initializing():
+      # A mixture initialises through this pass: the head's params are created here too.
+      self.contrastive(jnp.zeros((1, self.vit.num_tokens, self.vit.width)),
+                       jnp.zeros((1, 1, self.decoder.width)), jnp.ones((1, 1), bool))
     return logits[:, n:]
+
+  def embed_images(self, images, deterministic=True):
+    """[batch, H, W, 3] normalised -> the contrastive head's L2-normalised image embeddings
+    [batch, embed_dim] float32."""
+    return self.contrastive.embed_image(self.vit(images, deterministic))
+
+  def embed_texts(self, text, input_mask, deterministic=True):
+    """The decoder as a text tower, without the image: [batch, t] int32 right-padded ids and
+    input_mask [batch, t] bool -> L2-normalised [batch, embed_dim] float32. The text reads
+    causally when the head pools its last token (which then has seen the whole text), and
+    bidirectionally when it pools the mean."""
+    b, t = text.shape
+    causal = jnp.full((b, t), int(self.contrastive.text_pool == "last"), jnp.int32)
+    x, context = self._fuse(None, self.decoder.embed(text), jnp.zeros((b,), bool))
+    states, _ = self.decoder.hidden_states(
+        x, jnp.broadcast_to(jnp.arange(t), (b, t)), prefix_lm_mask(causal, input_mask),
+        deterministic=deterministic, **context)
+    return self.contrastive.embed_text(states, input_mask)
+
+  def contrastive_outputs(self, images, text, input_mask, deterministic=True):
+    """(image embeddings [batch, embed_dim], text embeddings [batch, embed_dim], logit scale
+    [], logit bias []) of `contrastive.contrastive_loss`."""
+    return (self.embed_images(images, deterministic),
+            self.embed_texts(text, input_mask, deterministic),
+            *self.contrastive.logit_scale_and_bias())
 
   def _encode_or_hide(self, images, batch, image_mask, deterministic):
     """(image tokens, image_mask): `encode_images` and the given mask, or without images
@@ -254,10 +287,12 @@ def _image_valid(image_mask, batch, n):
   return jnp.broadcast_to(image_mask.astype(bool)[:, None], (batch, n))
 
 
-def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int = 64):
+def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int = 64,
+                contrastive: ContrastiveHead | None = None):
   """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py) for square images
   of `image_size` pixels (config.data.image_size); code_ids and num_code_positions: see
-  `Decoder` (text-to-image objectives set them)."""
+  `Decoder` (text-to-image objectives set them); contrastive: the contrastive objective's
+  head."""
   dtype = jnp.dtype(cfg.dtype)
   ours = dict(remat=cfg.remat, scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
   if cfg.get("vision_checkpoint"):
@@ -292,5 +327,5 @@ def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int =
   # A whole vision-language checkpoint fixes its projector and prefix attention.
   settings.update(compose.gpt4v_settings(cfg))
   return GPT4V(vit=vit, decoder=decoder, projector_merge=cfg.projector_merge,
-               fusion=cfg.fusion, resampler=resampler, **settings)
+               fusion=cfg.fusion, resampler=resampler, contrastive=contrastive, **settings)
 

@@ -12,6 +12,9 @@ to know about it; adding an objective is one entry here (and its module). Keys b
                  top_k, top_p, code_order, code_positions, code_embedding_init (its row length
                  follows from max_caption_len and the tokenizer's grid)
   vqvae          beta (commitment loss weight); the model is config.model, a VQVAE's fields
+  contrastive    max_text_len, embed_dim, loss ("sigmoid": SigLIP, "softmax": CLIP),
+                 image_pool ("map" or "mean"), text_pool ("last" or "mean"); see
+                 objectives/contrastive.py
   mixture        mixture = {kind: dict(weight=..., that kind's keys)}, e.g.
                  mixture = dict(caption=dict(weight=1.0, prompt="", max_text_len=26), vqa=...);
                  the weights' shares of config.data.global_batch_size are each part's rows
@@ -26,6 +29,7 @@ from gpt4v_jax.data.tokenizer import Tokenizer
 from gpt4v_jax.objectives import mixture
 from gpt4v_jax.objectives.base import Objective
 from gpt4v_jax.objectives.caption import CaptionObjective
+from gpt4v_jax.objectives.contrastive import ContrastiveObjective
 from gpt4v_jax.objectives.image_tokenizer import VQVAEObjective
 from gpt4v_jax.objectives.prompt import PromptObjective
 from gpt4v_jax.objectives.text_to_image import TextToImageObjective
@@ -87,6 +91,14 @@ def _text_to_image(keys, ctx):
       max_text_len=keys.get("max_text_len"))
 
 
+def _contrastive(keys, ctx):
+  return ContrastiveObjective(ctx.tokenizer, max_text_len=keys.max_text_len,
+                              embed_dim=keys.embed_dim, loss=keys.loss,
+                              image_pool=keys.image_pool, text_pool=keys.text_pool,
+                              preprocess=ctx.preprocess,
+                              retrieval_keys=ctx.metrics.get("contrastive"))
+
+
 def _vqvae(keys, ctx):
   return VQVAEObjective(beta=keys.beta, num_codes=ctx.config.model.num_codes,
                         preprocess=ctx.preprocess)
@@ -103,6 +115,7 @@ KINDS: dict[str, Kind] = {
     "caption": Kind(_caption),
     "vqa": Kind(_vqa),
     "prompt": Kind(_prompt),
+    "contrastive": Kind(_contrastive),
     "text_to_image": Kind(_text_to_image, scene_only=True),
     "vqvae": Kind(_vqvae, language_model=False, scene_only=True),
     "mixture": Kind(_mixture),

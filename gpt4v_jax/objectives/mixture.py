@@ -6,8 +6,8 @@ part's own row length: a caption row is 26 slots long, a text-to-image row 91, s
 padded to another task's length (the task token after BOS still tells the model which task a
 row is). The loss runs the one model on each sub-batch (text-to-image's without images, the
 others' with them) and averages the next-token loss over all target tokens of the batch, as
-one padded batch of every row would. `train_dataset` zips one shuffled example stream per
-part. Evaluation runs each part's own evaluation on the split, its metrics prefixed with the
+one padded batch of every row would; a contrastive part's loss is added to that mean.
+`train_dataset` zips one shuffled example stream per part. Evaluation runs each part's own evaluation on the split, its metrics prefixed with the
 part's name ("caption/object_f1", "vqa/accuracy").
 """
 from typing import Any
@@ -53,10 +53,16 @@ class MixtureObjective(PrefixLMObjective):
     self.part_rows = rows_per_part(weights, batch_size)
     self.log_keys = ("token_accuracy",) + tuple(f"{name}/loss" for name in parts)
     t2i = [part for part in parts.values() if isinstance(part, TextToImageObjective)]
-    self._widest = t2i[0] if t2i else next(iter(parts.values()))
+    text = [part for part in parts.values() if isinstance(part, PrefixLMObjective)]
+    self._widest = (t2i or text or list(parts.values()))[0]
 
   def build_model(self, model_config):
-    return self._widest.build_model(model_config)
+    """The widest part's model, with the contrastive head if a part trains one."""
+    model = self._widest.build_model(model_config)
+    for part in self.parts.values():
+      if hasattr(part, "attach_head") and model.contrastive is None:
+        model = part.attach_head(model)
+    return model
 
   def init_variables(self, model, rng):
     return self._widest.init_variables(model, rng)
@@ -73,21 +79,27 @@ class MixtureObjective(PrefixLMObjective):
     return total / sum(self.part_rows.values())
 
   def loss(self, model, params, model_state, batch, rng, deterministic):
-    """Each part's loss on its sub-batch (`batch[name]`), weighted by its target tokens: the
-    mean next-token loss over every target token of the batch. Metrics: token_accuracy and
-    target_tokens over the batch, each part's own loss as `{name}/loss`."""
-    loss_sum = correct = tokens = 0.0
+    """Each part's loss on its sub-batch (`batch[name]`). The text parts' are weighted by
+    their target tokens: the mean next-token loss over every target token of the batch; a
+    contrastive part's loss (over its own rows' image-text pairs) is added to that. Metrics:
+    token_accuracy and target_tokens over the text rows, each part's own loss as
+    `{name}/loss`, a contrastive part's metrics as `{name}/batch_accuracy`, ..."""
+    loss_sum = correct = tokens = other = 0.0
     per_part = {}
     for k, (name, part) in enumerate(self.parts.items()):
       loss, aux, model_state = part.loss(model, params, model_state, batch[name],
                                          jax.random.fold_in(rng, k), deterministic)
+      per_part[f"{name}/loss"] = loss
+      if "target_tokens" not in aux:  # Not a next-token loss: the contrastive one.
+        other = other + loss
+        per_part.update({f"{name}/{key}": v for key, v in aux.items()})
+        continue
       n = aux["target_tokens"]
       loss_sum, correct, tokens = (loss_sum + loss * n, correct + aux["token_accuracy"] * n,
                                    tokens + n)
-      per_part[f"{name}/loss"] = loss
     n = jnp.maximum(tokens, 1.0)
-    return loss_sum / n, dict(token_accuracy=correct / n, target_tokens=tokens,
-                              **per_part), model_state
+    return loss_sum / n + other, dict(token_accuracy=correct / n, target_tokens=tokens,
+                                      **per_part), model_state
 
   def rows_per_sub_batch(self, global_batch_size: int) -> dict[str, int]:
     """`part_rows`: each part's rows of a batch."""
