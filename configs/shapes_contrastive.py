@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Contrastive learning needs negatives: every image meets every text of the batch, so a
     # batch of 256 gives each image 255 wrong captions per step.
     c.data.global_batch_size = 256
-    c.train.update(steps=3000, checkpoint_every=1000)
-    c.evals.update(every=1000)
+    # ~610 ms a step on 2 CPU cores: 1,800 steps (461k pairs) are the 20-minute budget.
+    c.train.update(steps=1800, checkpoint_every=600)
+    c.evals.update(every=600)
   return c

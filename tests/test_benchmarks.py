@@ -84,3 +84,25 @@ def test_1b_benchmark_model_has_about_a_billion_params():
   shapes = jax.eval_shape(lambda: objective.init_variables(model, jax.random.PRNGKey(0)))
   params = sum(x.size for x in jax.tree.leaves(shapes["params"]))
   assert 1.0e9 < params < 1.2e9, params
+
+
+def test_similarity_benchmark_runs(tmp_path):
+  """top_k (host keys and a memmap, several chunks) at a tiny size: every exact method returns
+  the same indices as top_k, HNSW's recall is a fraction, and the memmap scratch file is gone."""
+  try:
+    import faiss  # The benchmark leaves the faiss rows out without it.
+    del faiss
+    faiss_rows = ["faiss flat", "faiss hnsw M=32 ef=128"]
+  except ImportError:
+    faiss_rows = []
+  rows = _run("similarity", ["--sizes=1000", "--queries=3", "--chunk_rows=256", "--repeats=1",
+                             f"--dir={tmp_path / 'keys'}"], tmp_path)["rows"]
+  assert [r["method"] for r in rows] == ["top_k host", "top_k memmap", "numpy"] + faiss_rows
+  for row in rows:
+    assert row["n"] == 1000 and row["queries_per_s"] == pytest.approx(3 / row["search_s"],
+                                                                       rel=1e-2)
+    if "hnsw" in row["method"]:
+      assert 0 <= row["recall_at_10"] <= 1
+    else:
+      assert row["same_indices"] and row["recall_at_10"] == 1
+  assert not list((tmp_path / "keys").iterdir())

@@ -13,10 +13,10 @@ from conftest import ROOT
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
 
 
-def test_there_are_four_notebooks_without_outputs():
+def test_there_are_five_notebooks_without_outputs():
   assert [os.path.basename(p) for p in NOTEBOOKS] == [
       "01_quick_start.ipynb", "02_look_inside.ipynb", "03_text_to_image.ipynb",
-      "04_ablations.ipynb"]
+      "04_ablations.ipynb", "05_similarity.ipynb"]
   for path in NOTEBOOKS:
     cells = nbformat.read(path, as_version=4).cells
     assert not any(c.get("outputs") or c.get("execution_count") for c in cells

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_caption, shapes_contrastive, shapes_multitask
-from gpt4v_jax import main, runs, sharding
+from gpt4v_jax import export, main, runs, sharding
 from gpt4v_jax.model import Model
 from gpt4v_jax.models import contrastive
 
@@ -140,7 +140,8 @@ def test_tiny_run_reports_retrieval_metrics(contrastive_run):
   assert len(records) == 16 and len(records[0]["retrieved"]) == 5
 
 
-def test_front_door_embeds_images_and_texts(contrastive_run, tiny_data_dir):
+def test_front_door_embeds_images_and_texts(contrastive_run, tiny_data_dir, tiny_run,
+                                           tmp_path):
   model = Model.from_pretrained(contrastive_run)
   config = shapes_contrastive.get_config("tiny")
   config.data.data_dir = tiny_data_dir
@@ -156,6 +157,13 @@ def test_front_door_embeds_images_and_texts(contrastive_run, tiny_data_dir):
     record = json.load(f)["predictions"][0]
   all_text = model.embed_text(record["retrieved"][:1])
   assert float(image_emb[0] @ all_text[0]) == pytest.approx(record["scores"][0], abs=1e-4)
+  # An exported model directory embeds the same, on another mesh.
+  exported = export.export(contrastive_run, str(tmp_path / "exported"))
+  again = Model.from_pretrained(exported, mesh=dict(data=2, fsdp=2, tensor=2))
+  np.testing.assert_allclose(again.embed([ex["image"] for ex in examples]), image_emb,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="no text embedding"):
+    Model.from_pretrained(tiny_run[1]).embed_text(["a small red circle."])
 
 
 def test_contrastive_encoder_initialises_a_caption_run(contrastive_run, tiny_data_dir,
