@@ -1,6 +1,7 @@
 """Contrastive image-text pretraining (SigLIP) on the embedded `shapes` dataset.
 
-  python -m gpt4v_jax.main --config=configs/shapes_contrastive.py --workdir=workdirs/shapes_contrastive
+  python -m gpt4v_jax.main --config=configs/shapes_contrastive.py \
+      --workdir=workdirs/shapes_contrastive
   python -m gpt4v_jax.main --config=configs/shapes_contrastive.py:tiny --workdir=/tmp/t
 
 The argument picks a variant, as in shapes_caption: "" (the default CPU run; timings and

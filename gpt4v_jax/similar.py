@@ -1,14 +1,14 @@
 """Find the images most similar to query images, by a trained model's image embeddings:
 
-  python -m gpt4v_jax.similar --model=models/shapes_caption --index=photos/ --query=a.png -k 5
-  python -m gpt4v_jax.similar --model=runs/caption --index=photos/ --save_index=photos_index \
-      --query=a.png --query=b.png
-  python -m gpt4v_jax.similar --model=runs/caption --index=photos_index --query=a.png \
+  python -m gpt4v_jax.similar --model=runs/contrastive --index=photos/ --query=a.png -k 5
+  python -m gpt4v_jax.similar --model=runs/contrastive --index=photos/ \
+      --save_index=photos_index --query=a.png --query=b.png
+  python -m gpt4v_jax.similar --model=runs/contrastive --index=photos_index --query=a.png \
       --backend=faiss --json=hits.json
 
---model is a model directory (`python -m gpt4v_jax.export`) or a training workdir; its vision
-encoder's mean-pooled output (Model.embed) is the embedding, and scores are cosine
-similarities. --index is a saved index (a directory with index.json, from --save_index) or a
+--model is a model directory (`python -m gpt4v_jax.export`) or a training workdir; its
+`Model.embed` is the embedding (a contrastive model's joint image embedding; any other model's
+mean-pooled encoder output), and scores are cosine similarities. --index is a saved index (a directory with index.json, from --save_index) or a
 folder of images, embedded now (recursively; unreadable images are skipped with a message).
 Prints per query a table of rank, score and path, best first; --json also writes
 [{"query": path, "results": [{"rank": 1, "score": s, "path": p}, ...]}, ...]. A query that is

@@ -66,53 +66,70 @@ def test_heads_start_as_the_papers_say():
     contrastive.ContrastiveHead(8, image_pool="max")
 
 
-def _objective_and_batch(loss_kind, tiny_data_dir):
+def _mesh(shape):
+  devices = jax.devices()[:int(np.prod(shape))]
+  return jax.make_mesh(shape, sharding.MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "softmax"])
+def test_sharded_loss_equals_one_devices_on_every_mesh(kind):
+  """Every image meets every text of the global batch: on each 8-device mesh the loss and
+  its gradients (embeddings, scale, bias) equal one device's."""
+  rng = np.random.default_rng(2)
+  x, y = (rng.normal(size=(16, 32)).astype(np.float32) for _ in range(2))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  y /= np.linalg.norm(y, axis=1, keepdims=True)
+  y[:8] = 0.6 * x[:8] + 0.4 * y[:8]  # Some pairs closer than the rest.
+  scale, bias = np.float32(12.0), np.float32(-8.0 if kind == "sigmoid" else 0.0)
+
+  def loss_and_grads(mesh):
+    rules = sharding.DEFAULT_RULES
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      batch = sharding.batch_sharding(mesh)
+      fn = jax.jit(jax.value_and_grad(
+          lambda *a: contrastive.contrastive_loss(kind, *a)[0], argnums=(0, 1, 2, 3)))
+      loss, grads = fn(jax.device_put(x, batch), jax.device_put(y, batch), scale, bias)
+      return float(loss), [np.asarray(g) for g in grads]
+
+  reference, reference_grads = loss_and_grads(_mesh((1, 1, 1)))
+  for name, shape in MESHES.items():
+    loss, grads = loss_and_grads(_mesh(shape))
+    assert abs(loss - reference) <= 1e-5, (name, loss, reference)
+    for g, r in zip(grads, reference_grads):
+      np.testing.assert_allclose(g, r, atol=1e-5, err_msg=name)
+
+
+def test_sharded_train_loss_and_gradients_equal_one_devices(tiny_data_dir):
+  """The objective's whole loss (ViT, MAP head, decoder as text tower, all-gathered texts)
+  and every param's gradient on a data x fsdp x tensor mesh equal one device's."""
   config = shapes_contrastive.get_config("tiny")
   config.data.data_dir = tiny_data_dir
-  config.objective.loss = loss_kind
   objective = runs.make_objective(config)
   model = objective.build_model(config.model)
-  batch = objective.batch_spec(16)
   rng = np.random.default_rng(1)
-  s = config.data.image_size
-  text = rng.integers(16, 60, size=(16, objective.max_text_len)).astype(np.int32)
-  lengths = rng.integers(4, objective.max_text_len, size=16)
-  mask = np.arange(objective.max_text_len)[None] < lengths[:, None]
+  s, t = config.data.image_size, objective.max_text_len
+  mask = np.arange(t)[None] < rng.integers(4, t, size=16)[:, None]
   batch = dict(image=rng.uniform(-1, 1, (16, s, s, 3)).astype(np.float32),
-               text=np.where(mask, text, 0).astype(np.int32), input_mask=mask)
-  return config, objective, model, batch
-
-
-@pytest.mark.parametrize("loss_kind", ["sigmoid", "softmax"])
-def test_sharded_loss_and_gradients_equal_one_devices(loss_kind, tiny_data_dir):
-  """Every image meets every text of the global batch on every mesh: the loss and its
-  gradients equal a single device's."""
-  config, objective, model, batch = _objective_and_batch(loss_kind, tiny_data_dir)
+               text=np.where(mask, rng.integers(16, 60, size=(16, t)), 0).astype(np.int32),
+               input_mask=mask)
   rules = config.sharding_rules
-
   boxed = objective.init_variables(model, jax.random.PRNGKey(0))["params"]
   values = jax.device_get(nn.unbox(boxed))
 
   def loss_and_grads(mesh):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       params = jax.device_put(values, sharding.logical_to_shardings(boxed, mesh, rules))
-      placed = jax.device_put(batch, sharding.batch_sharding(mesh))
       fn = jax.jit(jax.value_and_grad(
           lambda p, b: objective.loss(model, p, {}, b, jax.random.PRNGKey(1), True)[0]))
-      loss, grads = fn(params, placed)
+      loss, grads = fn(params, jax.device_put(batch, sharding.batch_sharding(mesh)))
       return float(loss), jax.tree.map(np.asarray, grads)
 
-  one = jax.make_mesh((1, 1, 1), sharding.MESH_AXES, devices=jax.devices()[:1],
-                      axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  reference, reference_grads = loss_and_grads(one)
-  assert reference > 0
-  for name, shape in MESHES.items():
-    mesh = jax.make_mesh(shape, sharding.MESH_AXES,
-                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    loss, grads = loss_and_grads(mesh)
-    assert abs(loss - reference) <= 1e-5, (name, loss, reference)
-    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
-      np.testing.assert_allclose(g, r, atol=1e-5, err_msg=name)
+  reference, reference_grads = loss_and_grads(_mesh((1, 1, 1)))
+  loss, grads = loss_and_grads(_mesh((2, 2, 2)))
+  assert reference > 0 and abs(loss - reference) <= 1e-5
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
+    np.testing.assert_allclose(g, r, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +138,7 @@ def contrastive_run(tmp_path_factory, tiny_data_dir):
   workdir = str(tmp_path_factory.mktemp("contrastive") / "run")
   config = shapes_contrastive.get_config("tiny")
   config.data.data_dir = tiny_data_dir
+  config.evals.every = 0  # The final test evaluation only.
   main.train(config, workdir)
   return workdir
 
@@ -140,8 +158,7 @@ def test_tiny_run_reports_retrieval_metrics(contrastive_run):
   assert len(records) == 16 and len(records[0]["retrieved"]) == 5
 
 
-def test_front_door_embeds_images_and_texts(contrastive_run, tiny_data_dir, tiny_run,
-                                           tmp_path):
+def test_front_door_embeds_images_and_texts(contrastive_run, tiny_data_dir, tmp_path):
   model = Model.from_pretrained(contrastive_run)
   config = shapes_contrastive.get_config("tiny")
   config.data.data_dir = tiny_data_dir
@@ -162,8 +179,6 @@ def test_front_door_embeds_images_and_texts(contrastive_run, tiny_data_dir, tiny
   again = Model.from_pretrained(exported, mesh=dict(data=2, fsdp=2, tensor=2))
   np.testing.assert_allclose(again.embed([ex["image"] for ex in examples]), image_emb,
                              atol=1e-5)
-  with pytest.raises(ValueError, match="no text embedding"):
-    Model.from_pretrained(tiny_run[1]).embed_text(["a small red circle."])
 
 
 def test_contrastive_encoder_initialises_a_caption_run(contrastive_run, tiny_data_dir,
@@ -182,6 +197,8 @@ def test_contrastive_encoder_initialises_a_caption_run(contrastive_run, tiny_dat
   for a, b in zip(jax.tree.leaves(finetuned.params["vit"]),
                   jax.tree.leaves(pretrained.params["vit"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="no text embedding"):
+    Model.from_pretrained(str(tmp_path / "caption")).embed_text(["a small red circle."])
 
 
 def test_contrastive_joins_the_mixture(tiny_data_dir, tmp_path):

@@ -152,8 +152,8 @@ def test_key_maps_cover_the_checkpoint_and_invert_exactly(name, checkpoints):
   assert read <= set(tensors)
   # Whatever is not read is declared ignorable: a text tower, CLIP's post-layernorm, a pooler.
   unread = set(tensors) - read
-  assert all(family.ignored(k) for k in unread)
-  assert not any(family.ignored(k) for k in read if ".head." not in k)
+  assert all(family.ignored(k, cfg) for k in unread)
+  assert not any(family.ignored(k, cfg) for k in read if ".head." not in k)
   assert any(k.startswith("text_model.") for k in unread) == (name != "vit")
   for path_, source in sources.items():
     original = tuple(tensors[k] for k in source.keys)

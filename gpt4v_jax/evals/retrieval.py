@@ -112,7 +112,7 @@ def recall_at_k(image_emb: Any, text_emb: Any, text_image: Any, *,
       images for t2i) ranks all of them.
     image_keys, text_keys: optional hashables, [N] and [M]; equal non-None keys make a
       relaxed hit.
-    mesh: passed to `similarity.top_k` (splits the keys' rows over it (the queries go to every device)).
+    mesh: passed to `similarity.top_k`, which splits the keys' rows over it.
 
   Returns:
     {"i2t_recall_at_{k}", "t2i_recall_at_{k}", "strict_i2t_recall_at_{k}",

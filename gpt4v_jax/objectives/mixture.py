@@ -7,8 +7,9 @@ padded to another task's length (the task token after BOS still tells the model 
 row is). The loss runs the one model on each sub-batch (text-to-image's without images, the
 others' with them) and averages the next-token loss over all target tokens of the batch, as
 one padded batch of every row would; a contrastive part's loss is added to that mean.
-`train_dataset` zips one shuffled example stream per part. Evaluation runs each part's own evaluation on the split, its metrics prefixed with the
-part's name ("caption/object_f1", "vqa/accuracy").
+`train_dataset` zips one shuffled example stream per part. Evaluation runs each part's own
+evaluation on the split, its metrics prefixed with the part's name ("caption/object_f1",
+"vqa/accuracy").
 """
 from typing import Any
 

@@ -72,12 +72,10 @@ def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
     overrides["dtype"] = jnp.dtype(dtype)
   module = family.module(ckpt.config, **overrides)
   target = target_params(_abstract_params(module), mesh, rules, dtype)
-  ignored = family.ignored
-  if family.kind == "vlm":  # What it leaves unread depends on its config (feature layer).
-    ignored = lambda key: family.ignored(key, ckpt.config)
   # SigLIP's pooling head is read only when the module has it.
   options = {"head": overrides["head"]} if overrides.get("head") else {}
-  params = load_params(ckpt, family.sources(ckpt.config, **options), target, ignored=ignored)
+  params = load_params(ckpt, family.sources(ckpt.config, **options), target,
+                       ignored=lambda key: family.ignored(key, ckpt.config))
   return module, params
 
 

@@ -129,10 +129,10 @@ def load_pretrained(model_config, params: dict, skip: tuple[str, ...] = ()) -> d
       # Only this tree's tensors are read here: the others' are left for their own trees.
       prefix = {"vit": "vision_tower.", "decoder": "language_model.",
                 "projector": "multi_modal_projector."}[tree]
-      ignored = lambda k, c=ckpt.config, p=prefix, f=family: (
-          not k.startswith(p) or f.ignored(k, c))
     else:
-      sources, ignored = dict(family.sources(ckpt.config)), family.ignored
+      sources, prefix = dict(family.sources(ckpt.config)), ""
+    ignored = lambda k, c=ckpt.config, p=prefix, f=family: (
+        not k.startswith(p) or f.ignored(k, c))
     target = params[tree]
     fresh = []
     if tree == "decoder":

@@ -86,7 +86,7 @@ def same(key: str) -> Source:
 
 class Family(Protocol):
   """See the module docstring."""
-  kind: str  # "vision" or "language".
+  kind: str  # "vision", "language" or "vlm" (a whole vision-language checkpoint).
   model_types: tuple[str, ...]  # config.json "model_type" values this family reads.
 
   def module(self, hf_config: dict[str, Any], **overrides) -> Any:
@@ -95,8 +95,9 @@ class Family(Protocol):
   def sources(self, hf_config: dict[str, Any]) -> dict[ParamPath, Source]:
     ...
 
-  def ignored(self, key: str) -> bool:
-    """Whether a checkpoint tensor that no source reads may be left unread."""
+  def ignored(self, key: str, hf_config: dict[str, Any]) -> bool:
+    """Whether a checkpoint tensor that no source reads may be left unread, for the
+    checkpoint whose config.json is `hf_config` (some families' answer depends on it)."""
     ...
 
 

@@ -70,10 +70,9 @@ def save_hf(params: dict, hf_config: dict[str, Any], out_dir: str, *,
     # What our model does not use (CLIP's final norm under LLaVA, a full CLIP's text tower,
     # a pooler) goes back as it was, so the directory is the whole checkpoint.
     source = HFDir(copy_from)
-    ignored = ((lambda k: family.ignored(k, config)) if family.kind == "vlm"
-               else family.ignored)
     for key in source.keys():
-      if key not in tensors and ignored(key) and not _is_tied_copy(key, config):
+      if (key not in tensors and family.ignored(key, config)
+          and not _is_tied_copy(key, config)):
         tensors[key] = np.array(source.read(key))
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w") as f:

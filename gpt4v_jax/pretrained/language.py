@@ -252,7 +252,8 @@ class _Gpt2(_Family):
         sources[(block, "mlp", ours, "bias")] = same(f"{h}mlp.{theirs}.bias")
     return sources
 
-  def ignored(self, key):
+  def ignored(self, key: str, hf_config: dict[str, Any]) -> bool:
+    del hf_config  # The same tensors for every GPT-2 config.
     # The causal-mask buffers older transformers saved; the tied lm_head some checkpoints
     # store next to wte.
     return (re.fullmatch(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)", key) is not None
@@ -345,7 +346,8 @@ class _Llama(_Family):
           sources[(block, "mlp", ours, "bias")] = same(f"{layer}mlp.{theirs}.bias")
     return sources
 
-  def ignored(self, key):
+  def ignored(self, key: str, hf_config: dict[str, Any]) -> bool:
+    del hf_config  # The same tensors for every config of the family.
     # RoPE's inverse frequencies (a buffer older checkpoints saved); a tied lm_head stored
     # next to the embedding.
     return key.endswith("rotary_emb.inv_freq") or key == "lm_head.weight"

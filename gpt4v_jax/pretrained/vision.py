@@ -199,7 +199,9 @@ class _Tower:
       out.update(self._layer(("block_" + str(i),), i, heads))
     return out
 
-  def ignored(self, key: str) -> bool:
+  def ignored(self, key: str, hf_config: dict[str, Any]) -> bool:
+    """See families.Family; a tower's unread tensors do not depend on its config."""
+    del hf_config
     return key.startswith(self.ignored_prefixes)
 
   def _embeddings(self, cfg) -> dict[ParamPath, Source]:

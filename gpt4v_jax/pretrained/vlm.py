@@ -23,20 +23,22 @@ from typing import Any
 import numpy as np
 
 from gpt4v_jax.models import activations
+# The package imports this module only lazily (in family_of), so no cycle.
+from gpt4v_jax.pretrained import family_of
 from gpt4v_jax.pretrained.families import ParamPath, Source, UnsupportedCheckpoint
-
-def _families():
-  from gpt4v_jax.pretrained import language, vision  # pylint: disable=import-outside-toplevel
-  return tuple(vision.FAMILIES), tuple(language.FAMILIES)
 
 
 def _family(config: dict, kind: str, where: str):
-  vision_families, language_families = _families()
-  for family in (vision_families if kind == "vision" else language_families):
-    if config.get("model_type") in family.model_types:
-      return family
-  raise UnsupportedCheckpoint(f"config.json {where}.model_type={config.get('model_type')!r}: "
-                              f"not a supported {kind} model.")
+  """The `kind` ("vision" / "language") family that reads sub-config `where` of a
+  vision-language config.json (its "vision_config" / "text_config")."""
+  try:
+    family = family_of(config, f"config.json {where}")
+  except UnsupportedCheckpoint:
+    family = None
+  if family is None or family.kind != kind:
+    raise UnsupportedCheckpoint(f"config.json {where}.model_type={config.get('model_type')!r}: "
+                                f"not a supported {kind} model.")
+  return family
 
 
 def _linear(weight: str, bias: str, tree: tuple[str, ...]) -> dict[ParamPath, Source]:
@@ -133,17 +135,17 @@ class VisionLanguage:
     return {(tree,) + p: s for tree in ("vit", "projector", "decoder")
             for p, s in self.tree_sources(hf_config, tree).items()}
 
-  def ignored(self, key: str, hf_config: dict | None = None) -> bool:
+  def ignored(self, key: str, hf_config: dict) -> bool:
     """The towers' own unread tensors (their families say), and with a feature layer below
     the top, the layers above it and the final norm."""
-    vision_families, language_families = _families()
     if key.startswith("vision_tower."):
-      rest = key[len("vision_tower."):]
-      return any(f.ignored(rest) for f in vision_families) or (
-          hf_config is not None and hf_config["model_type"] == "llava" and _above_feature_layer(
+      rest, vc = key[len("vision_tower."):], hf_config["vision_config"]
+      return _family(vc, "vision", "vision_config").ignored(rest, vc) or (
+          hf_config["model_type"] == "llava" and _above_feature_layer(
               rest, self._vision(hf_config)[1]["num_hidden_layers"]))
     if key.startswith("language_model."):
-      return any(f.ignored(key[len("language_model."):]) for f in language_families)
+      tc = hf_config["text_config"]
+      return _family(tc, "language", "text_config").ignored(key[len("language_model."):], tc)
     return False
 
 
