@@ -78,7 +78,7 @@ def test_words_unknown_specials_and_files(tmp_path):
 MULTI = "你好，世界 · مرحبا بالعالم · 🙂👍🏽 · café naïve cafe\u0301"
 # The reserved layout of bytes, words and sentencepiece: trained checkpoints depend on it.
 RESERVED = dict(pad_id=0, bos_id=1, eos_id=2, boi_id=6, eoi_id=7, task_ids=dict(
-    caption=3, vqa=4, text_to_image=5, prompt=8))
+    caption=3, vqa=4, text_to_image=5, prompt=8, contrastive=9))
 
 
 def _special_ids(t):
@@ -119,7 +119,8 @@ def test_hf_ids_unshifted_and_specials_after_the_file(tmp_path):
   assert t.decode(ids) == text
   assert _special_ids(t) == dict(pad_id=v, bos_id=v + 1, eos_id=v + 2, boi_id=v + 6,
                                  eoi_id=v + 7, task_ids=dict(caption=v + 3, vqa=v + 4,
-                                 text_to_image=v + 5, prompt=v + 8))
+                                 text_to_image=v + 5, prompt=v + 8,
+                                 contrastive=v + 9))
   assert t.vocab_size == v + 16
   # Decoding stops at our EOS; skips our specials and ids past the tokenizer (image codes,
   # vocabulary padding).
