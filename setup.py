@@ -28,8 +28,8 @@ CORE = [
 ]
 TEST = ["pytest==9.2.0",
         # Two workers (make test): the suite's end-to-end runs are single-threaded compiles
-        # and process starts, which a second core overlaps (12.9 min on 2 cores; one process
-        # ran 16.4 min a few commits earlier, about 15.7 at this suite).
+        # and process starts, which a second core overlaps (14.5 min on 2 cores in a fresh
+        # clone at 296d6ff; one process took about 15.7 min when two took 12.9).
         "pytest-xdist==3.8.0",
         # tests/test_colabs.py runs the notebooks headless.
         "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
