@@ -287,12 +287,11 @@ def _image_valid(image_mask, batch, n):
   return jnp.broadcast_to(image_mask.astype(bool)[:, None], (batch, n))
 
 
-def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int = 64,
-                contrastive: ContrastiveHead | None = None):
+def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int = 64):
   """Builds a `GPT4V` from `config.model` (see configs/shapes_caption.py) for square images
   of `image_size` pixels (config.data.image_size); code_ids and num_code_positions: see
-  `Decoder` (text-to-image objectives set them); contrastive: the contrastive objective's
-  head."""
+  `Decoder` (text-to-image objectives set them). The contrastive objective adds its head
+  (`ContrastiveObjective.attach_head`)."""
   dtype = jnp.dtype(cfg.dtype)
   ours = dict(remat=cfg.remat, scan_layers=cfg.scan_layers, dtype=dtype, dropout=cfg.dropout)
   if cfg.get("vision_checkpoint"):
@@ -327,5 +326,5 @@ def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int =
   # A whole vision-language checkpoint fixes its projector and prefix attention.
   settings.update(compose.gpt4v_settings(cfg))
   return GPT4V(vit=vit, decoder=decoder, projector_merge=cfg.projector_merge,
-               fusion=cfg.fusion, resampler=resampler, contrastive=contrastive, **settings)
+               fusion=cfg.fusion, resampler=resampler, **settings)
 
