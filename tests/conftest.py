@@ -11,7 +11,11 @@ import pytest
 # (seen once: a tiny text-to-image run killed in an all-gather). Tests wait longer.
 COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_terminate_timeout_seconds=600 "
                        "--xla_cpu_collective_timeout_seconds=600")
-XLA_FLAGS = "--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUTS
+# The suite's programs are small and run a few steps: compiling them is most of its time, and
+# LLVM without optimisation compiles them about a third faster (results stay within every
+# test's tolerance; each comparison is between programs compiled alike).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+XLA_FLAGS = f"--xla_force_host_platform_device_count=8 {COLLECTIVE_TIMEOUTS} {FAST_COMPILE}"
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + XLA_FLAGS
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

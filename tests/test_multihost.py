@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from configs import shapes_caption
-from conftest import COLLECTIVE_TIMEOUTS
+from conftest import COLLECTIVE_TIMEOUTS, FAST_COMPILE
 from gpt4v_jax import checkpoint, runs, sharding
 from gpt4v_jax.optimizer import make_optimizer
 
@@ -52,7 +52,7 @@ def test_two_processes_match_one_and_write_one_checkpoint(tmp_path, tiny_data_di
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
-         + COLLECTIVE_TIMEOUTS,
+         f"{COLLECTIVE_TIMEOUTS} {FAST_COMPILE}",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   procs = [subprocess.Popen(
       [sys.executable, "-m", "gpt4v_jax.main", f"--config={ROOT}/configs/shapes_caption.py:tiny",

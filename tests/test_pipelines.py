@@ -12,11 +12,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from conftest import FAST_COMPILE, ROOT
 from gpt4v_jax import export
 from gpt4v_jax.model import Model
 from gpt4v_jax.pipelines import pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 16  # Test examples to caption: all that the tiny caption run's final eval covered.
 
 
@@ -81,8 +81,7 @@ def test_pngs(tiny_sources, tmp_path_factory) -> list[str]:
 
 def _cli(*flags, cwd=ROOT) -> subprocess.CompletedProcess:
   """One run of the predict command on one (CPU) device."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", "gpt4v_jax.predict", *map(str, flags)],
                         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 

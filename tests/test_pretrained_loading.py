@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 # pylint: disable=wrong-import-position
+from conftest import FAST_COMPILE
 from gpt4v_jax import sharding
 from gpt4v_jax.pretrained import CheckpointError, UnsupportedCheckpoint, hf_dir, load_hf
 from gpt4v_jax.pretrained.hf_dir import write_safetensors
@@ -163,7 +164,7 @@ def test_loading_never_imports_torch_or_transformers(llama_dir):
           f"load_hf({llama_dir!r}); "
           "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                     env={**os.environ, "XLA_FLAGS": ""}, timeout=300)
+                     env={**os.environ, "XLA_FLAGS": FAST_COMPILE}, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
 
 
