@@ -34,6 +34,10 @@ def define_flags() -> None:
                                                "host:port of process 0."),
       num_processes=flags.DEFINE_integer("num_processes", None, "Processes in the job."),
       process_id=flags.DEFINE_integer("process_id", None, "This process's index."),
+      heartbeat_timeout=flags.DEFINE_integer(
+          "heartbeat_timeout", 30,
+          "Multi-process: seconds without a heartbeat after which a process counts as dead; "
+          "the others then stop with an error naming it instead of waiting for it for ever."),
       allow_config_change=flags.DEFINE_bool(
           "allow_config_change", False,
           "Resume a workdir whose run used a config that differs in settings that change "
@@ -60,7 +64,8 @@ def main(argv):
     # collectives are unaffected.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f["coordinator_address"],
-                               num_processes=f["num_processes"], process_id=f["process_id"])
+                               num_processes=f["num_processes"], process_id=f["process_id"],
+                               heartbeat_timeout_seconds=f["heartbeat_timeout"])
   from gpt4v_jax import preemption
   try:
     train(f["config"], f["workdir"], allow_config_change=f["allow_config_change"])

@@ -10,10 +10,11 @@ tokenizer. Building the objective and the sharded state is `runs.py`'s, the step
 `train_step.py`'s.
 
 Fault tolerance (README, "Fault tolerance"): a killed run resumes bitwise identically from its
-newest readable checkpoint; SIGTERM/SIGINT save and stop (`preemption.Preempted`); a
-non-finite step is never checkpointed (the run stops, or skips the update); bad examples are
-counted in the state's `counters`.
+newest readable checkpoint, on any number of processes; SIGTERM/SIGINT to any process make
+them all save one step and stop (`preemption`); a non-finite step is never checkpointed (the
+run stops, or skips the update); bad examples are counted in the state's `counters`.
 """
+import functools
 import json
 import os
 import time
@@ -24,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from gpt4v_jax import checkpoint, config_checks, perf, preemption, runs, sharding
-from gpt4v_jax.data import datasets
+from gpt4v_jax.data import datasets, pipeline
 from gpt4v_jax.evals.evaluator import evaluate_split
 from gpt4v_jax.metric_writer import MetricWriter, log
 from gpt4v_jax.optimizer import make_optimizer
@@ -100,7 +101,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # --- Checkpoints: resume from the newest readable one if the workdir has any.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    keep=config.train.keep_checkpoints)
-    restored = ckpt.restore_latest(abstract_state, train_iter)
+    # Saved by a run on another number of processes: its data positions are translated.
+    relayout = functools.partial(pipeline.relayout_state,
+                                 global_batches=list(sub_batches.values()),
+                                 process_count=jax.process_count())
+    restored = ckpt.restore_latest(abstract_state, train_iter, relayout)
     if restored is None:
       state, start_step = init(), 0
       # Pretrained checkpoints first, then a workdir's trees over them (LLaVA's stage 2
@@ -142,6 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if not config.train.skip_nonfinite_updates:
         _check_finite(step, metrics, ckpt)
 
+    # Multi-process: every process stops at the step they agree on (preemption.StopVote).
+    votes = preemption.StopVote(stop, mesh)
     pending, window_start, window_steps = None, time.perf_counter(), 0
     step_times = []  # Seconds per step of each logged window, for results.json.
     previous = None  # (step, metrics) of the step before, checked one step late.
@@ -168,11 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      eta_min=(total_steps - done) * step_time / 60)
         pending = (done, total_steps, metrics, rates, objective.log_keys)
         window_start, window_steps = time.perf_counter(), 0
-      if done % config.train.checkpoint_every == 0 or done == total_steps or stop.received:
+      signum = votes.poll()
+      if done % config.train.checkpoint_every == 0 or done == total_steps or signum:
         check_finite(done, metrics)
         ckpt.save(done, state, train_iter)
-      if stop.received:
-        _stop(ckpt, done, stop.received)
+      if signum:
+        _stop(ckpt, done, signum)
       if config.evals.every and done % config.evals.every == 0 and done < total_steps:
         check_finite(done, metrics)
         for split in config.evals.during_splits:
@@ -187,8 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # --- Final evals (reused if this exact step was already evaluated).
     results = {}
     for split in config.evals.final_splits:
-      if stop.received:  # The final checkpoint is committed; the evals are redone on resume.
-        _stop(ckpt, total_steps, stop.received)
+      if signum := votes.now():  # The final checkpoint is committed; evals redo on resume.
+        _stop(ckpt, total_steps, signum)
       path = os.path.join(workdir, f"eval_{split}_step{total_steps}.json")
       if os.path.exists(path):
         with open(path) as f:

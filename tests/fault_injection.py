@@ -3,13 +3,22 @@
   python tests/fault_injection.py FAULT STEP --config=... --workdir=...
 
 FAULT is one of
+  none              no fault (one process of a multi-process run whose other one has one)
   kill_during_save  SIGKILL while checkpoint STEP is being written (in Orbax's background
                     thread, after the train loop moved on)
-  SIGTERM, SIGINT   that signal, sent while step STEP's metrics are reported (which happens
-                    during step STEP + 1)
+  SIGTERM, SIGINT,  that signal, sent to this process while step STEP's metrics are reported
+  SIGKILL           (which happens during step STEP + 1)
   nan_batch         the STEP-th training batch of this process gets NaN images
 The faults are patched in from outside; the package has no test hooks.
+
+With RECORD_DIR set, each process also appends to RECORD_DIR/process_<index>.jsonl one line
+per training step ({"batch": a hash of each of its rows}) and one per file of the workdir it
+opens for writing outside checkpoints/ ({"write": path}): which examples a run saw, and who
+wrote what.
 """
+import builtins
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -59,17 +68,53 @@ def _nan_batch(step: int) -> None:
   pipeline.train_dataset = lambda *a, **k: train_dataset(*a, **k).map(poison)
 
 
+def _record(directory: str) -> None:
+  from gpt4v_jax import sharding
+  to_global, open_ = sharding.to_global, builtins.open
+  # From the flag, not JAX: asking JAX before main's jax.distributed.initialize would start it.
+  flag = lambda name, default: next(
+      (a.split("=", 1)[1] for a in sys.argv if a.startswith(f"--{name}=")), default)
+  index, workdir = flag("process_id", "0"), os.path.abspath(flag("workdir", ""))
+  checkpoints = os.path.join(workdir, "checkpoints")  # Also checkpoints_unreadable.
+
+  def append(entry: dict) -> None:
+    with open_(os.path.join(directory, f"process_{index}.jsonl"), "a") as f:
+      f.write(json.dumps(entry) + "\n")
+
+  def to_global_recorded(local_batch, batch_sharding):
+    if "skipped" in local_batch:  # A training batch (evaluation batches have no such field).
+      rows = len(local_batch["skipped"])
+      append({"batch": [hashlib.sha1(b"".join(
+          local_batch[k][i].tobytes() for k in sorted(local_batch))).hexdigest()[:16]
+                        for i in range(rows)]})
+    return to_global(local_batch, batch_sharding)
+
+  def open_recorded(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+      path = os.path.abspath(os.fspath(file))
+      if path.startswith(workdir + os.sep) and not path.startswith(checkpoints):
+        append({"write": path})
+    return open_(file, mode, *args, **kwargs)
+
+  sharding.to_global = to_global_recorded
+  builtins.open = open_recorded
+
+
 def main():
   fault, step = sys.argv[1], int(sys.argv[2])
   del sys.argv[1:3]  # The rest are main's flags.
-  if fault == "kill_during_save":
+  if fault == "none":
+    pass
+  elif fault == "kill_during_save":
     _kill_during_save(step)
-  elif fault in ("SIGTERM", "SIGINT"):
+  elif fault in ("SIGTERM", "SIGINT", "SIGKILL"):
     _signal_at_report(signal.Signals[fault], step)
   elif fault == "nan_batch":
     _nan_batch(step)
   else:
     raise ValueError(f"unknown fault {fault!r}")
+  if os.environ.get("RECORD_DIR"):
+    _record(os.environ["RECORD_DIR"])
   from gpt4v_jax import main as gpt4v_main
   gpt4v_main.run()
 

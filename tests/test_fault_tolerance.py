@@ -1,5 +1,6 @@
 """Fault tolerance (README, "Fault tolerance"): each test injects one fault and checks what the
 run does about it. Unit tests first; the end-to-end runs of main come last."""
+import collections
 import errno
 import io
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import PIL.Image
 import pytest
+import tensorstore as ts
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import shapes_caption
@@ -93,6 +95,63 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
                      match=r"None of the checkpoints in .* \(steps \[2, 1\]\) can be restored"):
     ckpt.restore_latest(_abstract(_state(0)), _data_iter())
   assert sorted(os.listdir(directory)) == ["1", "2"]  # Nothing moved or deleted.
+  ckpt.close()
+
+
+def test_checksums_see_every_flipped_bit_and_not_the_mesh():
+  rng = np.random.RandomState(0)
+  arrays = {"f32": rng.randn(8, 6).astype(np.float32),
+            "bf16": rng.randn(4, 4).astype(jnp.bfloat16), "int8": np.arange(3, dtype=np.int8),
+            "bool": np.array([True, False, True, True]), "step": np.int32(7),
+            "key": np.asarray(jax.random.key_data(jax.random.PRNGKey(3)))}
+  one_device = checkpoint.checksums(jax.tree.map(jnp.asarray, arrays))
+  mesh = jax.make_mesh((4, 2), ("a", "b"))
+  spread = {k: jax.device_put(v, NamedSharding(mesh, P("a", "b") if v.ndim == 2 else
+                                               P("a") if v.ndim == 1 and len(v) % 4 == 0 else
+                                               P())) for k, v in arrays.items()}
+  assert checkpoint.checksums(spread) == one_device  # Integer sums: any layout, same value.
+  for name in ("f32", "bf16", "int8", "bool", "key"):
+    flat = arrays[name].reshape(-1)
+    bits = 1 if name == "bool" else 8 * flat.dtype.itemsize
+    for index in {0, len(flat) // 2, len(flat) - 1}:
+      for bit in range(bits):
+        damaged = flat.copy()
+        if name == "bool":
+          damaged[index] = not damaged[index]
+        else:
+          view = damaged.view(f"uint{bits}")
+          view[index] ^= np.array(1 << bit, view.dtype)
+        sums = checkpoint.checksums({name: jnp.asarray(damaged.reshape(arrays[name].shape))})
+        (key,) = sums
+        assert all(a != b for a, b in zip(sums[key], one_device[key])), (name, index, bit)
+
+
+def test_flipped_bit_in_a_readable_file_is_caught_and_the_previous_step_restored(tmp_path,
+                                                                                 capsys):
+  directory = str(tmp_path / "checkpoints")
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  w = np.random.RandomState(0).randn(8, 4).astype(np.float32)
+  ckpt, it = checkpoint.Checkpointer(directory, keep=5), _data_iter()
+  for s in (1, 2):
+    ckpt.save(s, {"w": jax.device_put(w * s, NamedSharding(mesh, P("data")))}, it)
+  ckpt.close()
+  # Step 2's stored w with one bit flipped, written through TensorStore: every file stays
+  # valid (compressed chunks, OCDBT's CRC-checked nodes), only the array's bytes changed.
+  stored = ts.open({"driver": "zarr", "kvstore": {
+      "driver": "ocdbt", "base": f"file://{directory}/2/state/", "path": "w/"}}).result()
+  row = stored[3:4].read().result()
+  row.view(np.uint32)[0, 1] ^= 1 << 4
+  stored[3:4].write(row).result()
+
+  ckpt = checkpoint.Checkpointer(directory, keep=5)
+  state, step = ckpt.restore_latest({"w": jax.ShapeDtypeStruct(
+      w.shape, w.dtype, sharding=NamedSharding(mesh, P("data")))}, _data_iter())
+  assert step == 1 and np.array_equal(np.asarray(state["w"]), w)
+  out = capsys.readouterr().out
+  assert re.search(r"WARNING: checkpoint step 2 .* CorruptCheckpoint: step 2: 1 arrays read "
+                   r"back differ from the checksums saved with them \(\['w'\]\).*silent "
+                   r"corruption", out), out
+  assert (tmp_path / "checkpoints_unreadable" / "2").is_dir()
   ckpt.close()
 
 
@@ -199,6 +258,84 @@ def test_bad_example_iterator_resumes_exactly():
   resumed.set_state(state)
   for w in want:
     jax.tree.map(np.testing.assert_array_equal, next(resumed), w)
+
+
+# --- The data position on another number of processes (pipeline.relayout_state).
+
+
+def _ids(source, *, rows, count, bad=()):
+  """Per process of `count`: its iterator over `source` (ids; ids in `bad` are bad examples),
+  global batches of `rows`."""
+  def fn(example, rng):
+    del rng
+    if example in bad:
+      raise pipeline.BadExample("bad")
+    return dict(id=np.int32(example))
+  return [iter(pipeline.train_dataset(source, fn, seed=0, local_batch_size=rows // count,
+                                      process_index=p, process_count=count, num_threads=2))
+          for p in range(count)]
+
+
+def _global_batches(iterators, n):
+  """The next n global batches: the processes' local batches side by side."""
+  return [np.concatenate([next(it)["id"] for it in iterators]).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("old, new", [(2, 1), (1, 2), (2, 4)])
+def test_data_position_continues_exactly_on_another_number_of_processes(old, new):
+  source, rows = list(range(50)), 8
+  want = _global_batches(_ids(source, rows=rows, count=1), 9)  # An uninterrupted run.
+  before = _ids(source, rows=rows, count=old)
+  got = _global_batches(before, 4)
+  state, lost = pipeline.relayout_state([it.get_state() for it in before], [rows], new)
+  after = _ids(source, rows=rows, count=new)
+  for it in after:
+    it.set_state(state)
+  got += _global_batches(after, 5)
+  assert got == want and lost == 0  # Past an epoch's end too (50 examples, 72 rows).
+
+
+def test_mixture_position_continues_per_stream():
+  source, rows = list(range(40)), {"a": 4, "b": 12}
+
+  def mixture(count):  # Zipped streams, each seeded apart, as objectives/mixture.py builds.
+    return [iter(pipeline.zip_datasets({
+        name: pipeline.train_dataset(
+            source, lambda e, rng: dict(id=np.int32(e)), seed=k, local_batch_size=r // count,
+            process_index=p, process_count=count, num_threads=0)
+        for k, (name, r) in enumerate(rows.items())})) for p in range(count)]
+
+  def take(iterators, n):
+    return [{name: np.concatenate([b[name]["id"] for b in batch]).tolist() for name in rows}
+            for batch in (tuple(next(it) for it in iterators) for _ in range(n))]
+
+  want = take(mixture(1), 6)
+  before = mixture(2)
+  got = take(before, 2)
+  state, lost = pipeline.relayout_state([it.get_state() for it in before], list(rows.values()),
+                                        1)
+  (after,) = mixture(1)
+  after.set_state(state)
+  assert got + take([after], 4) == want and lost == 0
+
+
+def test_position_after_dropped_examples_repeats_nothing_and_counts_what_it_leaves_out():
+  source, rows = list(range(64)), 8
+  order = grain.MapDataset.source(source).seed(0).shuffle().repeat()  # The global order.
+  # Bad: process 0's second row of batch 0 and process 1's second row of batch 1. Each process
+  # refills from its own rows, so both end their third local batch one row into batch 3.
+  bad = {order[1], order[13]}
+  before = _ids(source, rows=rows, count=2, bad=bad)
+  seen = sum(_global_batches(before, 3), [])
+  state, lost = pipeline.relayout_state([it.get_state() for it in before], [rows], 1)
+  assert state == {"next_index": 32} and lost == 6  # Batch 3's 8 rows less the 2 read.
+  (after,) = _ids(source, rows=rows, count=1, bad=bad)
+  after.set_state(state)
+  new = sum(_global_batches([after], 3), [])
+  assert new == [i for i in (order[j] for j in range(32, 64)) if i not in bad][:24]
+  assert len(set(seen + new)) == len(seen + new)  # Nothing repeated.
+  unseen = collections.Counter(order[j] for j in range(32)) - collections.Counter(seen)
+  assert sum(unseen.values()) == lost + len(bad)  # Left out: exactly the count reported.
 
 
 def test_bad_example_is_a_clear_error_when_configured():

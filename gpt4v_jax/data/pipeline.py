@@ -136,6 +136,53 @@ def train_dataset(source: Any, example_fn: Callable[[dict, np.random.Generator],
   return _DropBad(ds).batch(local_batch_size, drop_remainder=True)
 
 
+def relayout_state(states: list[Any], global_batches: list[int],
+                   process_count: int) -> tuple[Any, int]:
+  """The iterator state of every process of this run, from the states `states[p]` that the
+  processes p of a run on another number of processes (len(states) of them) saved.
+
+  `global_batches` are the streams' global rows per batch, in the order of the state's streams
+  (one stream, or a mixture's zipped parts). Every process walks the same global order, so a
+  stream's position is one global batch index: the first batch no old process had started.
+  With clean data every old process stopped at the same batch boundary and nothing is lost;
+  after dropped bad examples a process may have read into the next batch, whose unread rows
+  are left out rather than repeated. Returns (state, rows left out, summed over streams).
+  """
+  positions = [[] for _ in states]
+  for p, state in enumerate(states):
+    _map_streams(state, lambda i, k, p=p: positions[p].append(k))
+  if len({len(found) for found in positions}) > 1 or len(positions[0]) != len(global_batches):
+    raise ValueError(f"The saved data iterators hold {[len(f) for f in positions]} streams; "
+                     f"this run's objective reads {len(global_batches)}.")
+  starts, lost = [], 0
+  for s, rows in enumerate(global_batches):
+    old_local = rows // len(states)
+    read = [found[s] for found in positions]
+    batch = max(-(-k // old_local) for k in read)  # The first batch nobody started.
+    lost += sum(batch * old_local - k for k in read)
+    starts.append(batch * (rows // process_count))
+  return _map_streams(states[0], lambda i, k: starts[i]), lost
+
+
+def _map_streams(state: Any, fn: Callable[[int, int], Any]) -> Any:
+  """`state` with the i-th stream's `{"next_index": k}` (depth first) as {"next_index":
+  fn(i, k)}."""
+  count = 0
+
+  def walk(tree):
+    nonlocal count
+    if isinstance(tree, dict) and set(tree) == {"next_index"}:
+      count += 1
+      return {"next_index": fn(count - 1, int(tree["next_index"]))}
+    if isinstance(tree, dict):
+      return {k: walk(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+      return [walk(v) for v in tree]
+    return tree
+
+  return walk(state)
+
+
 def zip_datasets(datasets: dict[str, grain.IterDataset]) -> grain.IterDataset:
   """Batches of several streams side by side: each element is {name: that stream's batch}
   (grain's zip; its state is the streams' states)."""
