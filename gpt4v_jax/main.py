@@ -4,11 +4,14 @@ Python (a notebook), `main.train(config, workdir)`.
 Config values are overridden with --config.key=value; unknown keys and wrong types are
 rejected by ml_collections before anything runs. Multi-host: set --distributed (TPU pods need
 nothing else; GPU clusters also pass --coordinator_address/--num_processes/--process_id or
-the matching environment variables understood by `jax.distributed.initialize`).
+the matching environment variables understood by `jax.distributed.initialize`). A process
+silent for --heartbeat_timeout seconds counts as dead and JAX ends the others, so a lost host
+never leaves the rest waiting; rerun the same commands (on any number of processes) to resume.
 
 SIGTERM or SIGINT (Ctrl-C) stops the run after the current step, once its checkpoint is
 committed, with exit status 128 + the signal number (143 / 130, as if killed by it, so
-schedulers see an unfinished job); the same command resumes it.
+schedulers see an unfinished job); the same command resumes it. Sent to one process of a
+multi-process run, it stops every process at the same step (they vote each step).
 """
 import shlex
 import sys

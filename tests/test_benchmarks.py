@@ -25,6 +25,7 @@ def _run(module: str, flags: list[str], results_dir) -> dict:
 @pytest.mark.parametrize("module, flags", [
     ("train_step", ["--models=default", "--variants=float32", "--batch=2", "--repeats=1"]),
     ("decode", ["--model=default", "--batch=2", "--lengths=4", "--repeats=1"]),
+    ("fault_tolerance", ["--models=default", "--batch=2", "--steps=1"]),
 ])
 def test_benchmark_prints_a_table_and_writes_json(tmp_path, module, flags):
   result = _run(module, flags, tmp_path)
