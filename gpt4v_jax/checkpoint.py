@@ -119,7 +119,8 @@ class Checkpointer:
 
     Saved by a run on another number of processes, the data positions are those processes'
     states, which `relayout(states) -> (this process's state, rows left out)` translates
-    (`pipeline.relayout_state`); without `relayout` that is an error.
+    (`pipeline.relayout_state`); without `relayout` such a step cannot be restored with its
+    data position.
     """
     step_dir = epath.Path(self.directory) / str(step)
     items = dict(state=ocp.args.StandardRestore(abstract_state))
