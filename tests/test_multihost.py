@@ -193,14 +193,16 @@ def test_signal_to_one_process_stops_all_and_runs_move_between_process_counts(
   assert "saved by 1 process(es), continues on 2: every example follows on exactly" in outs[0][1]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "5"]  # The newest two kept.
 
-  # Resumed on one process to the end.
-  [(code, out, err)] = _finish(_launch(workdir, tiny_data_dir, record, processes=1,
-                                       flags=flags))
+  # Resumed on one process to the end, on another mesh: FSDP over 4 x 2-way data.
+  [(code, out, err)] = _finish(_launch(
+      workdir, tiny_data_dir, record, processes=1,
+      flags=(*flags, "--config.mesh.data=2", "--config.mesh.fsdp=4")))
   assert code == 0, err[-3000:]
+  assert "Mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in out
   assert "Resumed from step 5" in out and "saved by 2 process(es), continues on 1" in out
 
-  # Steps 1-2 on one process, 3-5 on two, 6 on one: exactly the uninterrupted run's rows,
-  # step by step; and its params.
+  # Steps 1-2 on one process, 3-5 on two, 6 on one (another mesh): exactly the uninterrupted
+  # run's rows, step by step; and its params.
   steps = [e["batch"] for e in _records(record)[0] if "batch" in e]  # One process: global.
   two_steps = [e["batch"] for e in _records(record).get(1, []) if "batch" in e]
   assert len(steps) == 2 + 3 + 1 and len(two_steps) == 3
