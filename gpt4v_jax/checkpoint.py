@@ -127,18 +127,17 @@ class Checkpointer:
     saved_sums = (step_dir / "checksums").exists()
     if saved_sums:  # Steps saved before checksums existed are restored unchecked.
       items["checksums"] = ocp.args.JsonRestore()
-    other_layout = None
-    if data_iter is not None:
-      other_layout = _other_layout_states(step_dir / "data")
-      if other_layout is None or relayout is None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    other_layout = (_other_layout_states(step_dir / "data")
+                    if data_iter is not None and relayout is not None else None)
+    if data_iter is not None and other_layout is None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if saved_sums:
       _verify(step, restored.checksums, checksums(restored.state))
     else:
       log(f"Checkpoint step {step} has no checksums (saved before they were written); "
           "restored without checking them.")
-    if "data" not in items and data_iter is not None:
+    if other_layout is not None:
       state, lost = relayout(other_layout)
       data_iter.set_state(state)
       log(f"The data position of step {step}, saved by {len(other_layout)} process(es), "
