@@ -27,12 +27,18 @@ from absl import app, flags
 
 from experiments.tables import final_eval, markdown_table
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run on the shapes data.",
-                               required=True)
-_TRAIN = flags.DEFINE_integer("train_images", 3000, "Train-split images the probes fit on.")
-_TEST = flags.DEFINE_integer("test_images", 1000, "Test-split images they are scored on.")
-_OUT = flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
-                           "Where position_probe_<run>.json goes.")
+_FLAGS = {}  # Defined when run as a command: the tests import this module beside others
+# that define --workdir.
+
+
+def _define_flags() -> None:
+  _FLAGS.update(
+      workdir=flags.DEFINE_string("workdir", None, "A finished run on the shapes data.",
+                                  required=True),
+      train=flags.DEFINE_integer("train_images", 3000, "Train-split images the probes fit on."),
+      test=flags.DEFINE_integer("test_images", 1000, "Test-split images they are scored on."),
+      out=flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
+                              "Where position_probe_<run>.json goes."))
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
@@ -107,21 +113,23 @@ def main(argv):
   del argv
   from gpt4v_jax.data import datasets
   from gpt4v_jax.model import Model
-  model = Model.from_pretrained(_WORKDIR.value)
-  result = probe(model, datasets.open_splits(model.config.data), _TRAIN.value, _TEST.value)
+  workdir, train, test, out_dir = (_FLAGS[k].value for k in ("workdir", "train", "test", "out"))
+  model = Model.from_pretrained(workdir)
+  result = probe(model, datasets.open_splits(model.config.data), train, test)
   try:
-    result.update(relation_answers(final_eval(_WORKDIR.value, "test")["predictions"]))
+    result.update(relation_answers(final_eval(workdir, "test")["predictions"]))
   except FileNotFoundError:
     pass  # A run without a final test eval: the probes alone.
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, check=False).stdout.strip()
-  run = os.path.basename(os.path.abspath(_WORKDIR.value))
+  run = os.path.basename(os.path.abspath(workdir))
   print(markdown_table([dict(measure=k, value=v) for k, v in result.items()]))
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, f"position_probe_{run}.json"), "w") as f:
-    json.dump(dict(workdir=_WORKDIR.value, commit=commit, train_images=_TRAIN.value,
-                   test_images=_TEST.value, **result), f, indent=1)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f"position_probe_{run}.json"), "w") as f:
+    json.dump(dict(workdir=workdir, commit=commit, train_images=train, test_images=test,
+                   **result), f, indent=1)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
