@@ -7,7 +7,6 @@ Every process runs through tests/fault_injection.py, which records the rows of e
 batch a process made and the files it wrote (RECORD_DIR): the examples a run saw are checked
 against an uninterrupted run's, row by row.
 """
-import functools
 import json
 import os
 import re
@@ -22,12 +21,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import shapes_caption
 from conftest import COLLECTIVE_TIMEOUTS, FAST_COMPILE, ROOT
-from gpt4v_jax import checkpoint, runs, sharding
+from gpt4v_jax import runs, sharding
 from gpt4v_jax.data import datasets
 from gpt4v_jax.evals.evaluator import evaluate_split
-from gpt4v_jax.optimizer import make_optimizer
 
 # The tiny config: 6 steps of 16 rows, checkpoints at 3 and 6, final evals of 16 test images.
 TINY = f"{ROOT}/configs/shapes_caption.py:tiny"
@@ -87,31 +84,12 @@ def _losses(stdout: str) -> list[float]:
   return [float(x) for x in re.findall(r"^step \d+/\d+ loss=([\d.]+)", stdout, re.M)]
 
 
-@functools.cache
-def _tiny():
-  """(config, objective, model, mesh, abstract train state) of the tiny config on this
-  process's 8 devices."""
-  config = shapes_caption.get_config("tiny")
-  objective = runs.make_objective(config)
-  model = objective.build_model(config.model)
-  tx, _ = make_optimizer(config.optimizer, config.train.steps)
-  mesh = sharding.make_mesh(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    _, abstract, _ = runs.sharded_state_init(config, objective, model, tx, mesh)
-  return config, objective, model, mesh, abstract
-
-
-def _state(step_dir):
-  """A run's checkpoint step (checked against its checksums), restored by this process."""
-  *_, abstract = _tiny()
-  ckpt = checkpoint.Checkpointer(os.path.dirname(step_dir), keep=10)
-  state = ckpt.restore(int(os.path.basename(step_dir)), abstract, None)
-  ckpt.close()
-  return state
-
-
-def _params(step_dir):
-  return jax.device_get(_state(step_dir).params)
+def _params(workdir):
+  """The params of a run's newest checkpoint (step 6; checked against its checksums), restored
+  by this process."""
+  _, _, state, step = runs.restore_run(str(workdir), "Run")
+  assert step == 6
+  return jax.device_get(state.params)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +117,7 @@ def test_two_processes_train_evaluate_and_write_as_one(two_process_run, tiny_run
   # One checkpoint per step, which one process restores to the one-process params.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
-               _params(workdir / "checkpoints" / "6"), _params(one_dir / "checkpoints" / "6"))
+               _params(workdir), _params(one_dir))
 
   # Only process 0 wrote logs, events, results and eval JSON, each file once.
   writes = {p: [e["write"] for e in lines if "write" in e]
@@ -159,15 +137,14 @@ def test_two_processes_train_evaluate_and_write_as_one(two_process_run, tiny_run
 
 
 def _evaluate_in_one_process(workdir):
-  """The final evaluation of the run's step 6 by this process (8 devices)."""
-  config, objective, model, mesh, _ = _tiny()
-  state = _state(workdir / "checkpoints" / "6")
-  data = config.data.copy_and_resolve_references()
-  data.data_dir = json.loads((workdir / "config.json").read_text())["data"]["data_dir"]
+  """The final evaluation of the run's step 6 by this process (8 data-parallel devices)."""
+  config, model, state, _ = runs.restore_run(str(workdir), "Run")
+  mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
-    return evaluate_split(objective=objective, model=model, params=state.params,
-                          model_state=state.model_state, source=datasets.open_splits(data)["test"],
-                          split="test", num_examples=config.evals.final_num_examples,
+    return evaluate_split(objective=runs.make_objective(config), model=model,
+                          params=state.params, model_state=state.model_state,
+                          source=datasets.open_splits(config.data)["test"], split="test",
+                          num_examples=config.evals.final_num_examples,
                           batch_size=config.evals.batch_size, mesh=mesh)
 
 
@@ -210,7 +187,7 @@ def test_signal_to_one_process_stops_all_and_runs_move_between_process_counts(
   _, two_dir, two_record = two_process_run
   assert got == _global_batches(two_record)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
-               _params(workdir / "checkpoints" / "6"), _params(two_dir / "checkpoints" / "6"))
+               _params(workdir), _params(two_dir))
 
 
 def test_killed_process_stops_the_other_and_a_relaunch_resumes_bitwise(
@@ -235,5 +212,4 @@ def test_killed_process_stops_the_other_and_a_relaunch_resumes_bitwise(
     assert code == 0, err[-3000:]
   assert "Resumed from step 3" in outs[0][1]
   _, two_dir, _ = two_process_run
-  jax.tree.map(np.testing.assert_array_equal, _params(workdir / "checkpoints" / "6"),
-               _params(two_dir / "checkpoints" / "6"))
+  jax.tree.map(np.testing.assert_array_equal, _params(workdir), _params(two_dir))
