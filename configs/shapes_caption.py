@@ -42,6 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       encoder="vit", vit_variant="mu/16", vit_stem="patch", vit_stem_blocks=1,
       projector="linear",
       projector_merge=1,
+      # image_positions: "sincos2d" adds a fixed 2D sin-cos embedding of each image token's
+      # place on the patch grid after the projector, so the values the decoder reads say
+      # where (relation questions need it: docs/vqa.md); "none": only the encoder's own.
+      image_positions="sincos2d",
       # fusion: "prefix" (image tokens lead the decoder's sequence) or "cross_attention"
       # (Flamingo: gated cross-attention blocks before every cross_attention_every-th block).
       fusion="prefix", cross_attention_every=1,

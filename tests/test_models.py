@@ -178,6 +178,31 @@ def test_merge_tokens_matches_loops():
     fusion.merge_tokens(jnp.asarray(x), 3)
 
 
+def test_sincos_2d_encodes_column_then_row():
+  side, width = 3, 16
+  freqs = 1.0 / 10_000.0 ** (np.arange(4) / 4)
+  table = np.asarray(fusion.sincos_2d(side, width))
+  for r in range(side):
+    for c in range(side):
+      expected = np.concatenate([np.sin(c * freqs), np.cos(c * freqs),
+                                 np.sin(r * freqs), np.cos(r * freqs)])
+      np.testing.assert_allclose(table[r * side + c], expected, atol=1e-6)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    fusion.sincos_2d(side, 18)
+
+
+def test_image_positions_add_the_grid_table_to_the_image_tokens(model, variables):
+  images = make_batch()[0]
+  with_positions = gpt4v.build_model(small_config(image_positions="sincos2d"))
+  plain = gpt4v.build_model(small_config(image_positions="none"))
+  encode = lambda m: m.apply(variables, images, method=m.encode_images)
+  np.testing.assert_allclose(encode(with_positions) - encode(plain),
+                             np.broadcast_to(fusion.sincos_2d(4, 64), (BATCH, 16, 64)),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="image_positions='grid'"):
+    gpt4v.build_model(small_config(image_positions="grid"))
+
+
 def test_merged_projector_shortens_the_image_prefix():
   model = gpt4v.build_model(small_config(vit_variant="nano/8", projector_merge=2))
   variables = model.init(jax.random.key(0), *make_batch())

@@ -2,6 +2,7 @@
 
 * `Projector` maps ViT tokens into the decoder's embedding space.
 * `PerceiverResampler` (optional) turns them into a fixed number of learned latents.
+* `sincos_2d` gives image tokens where they are on the patch grid (`IMAGE_POSITIONS`).
 * `prefix_lm_mask` builds the attention mask of the fused sequence
   [image tokens, prompt tokens, target tokens].
 """
@@ -12,6 +13,30 @@ import flax.linen as nn
 
 from gpt4v_jax.models import activations, attention, matmul
 from gpt4v_jax.models.vit import dense, layer_norm
+
+
+IMAGE_POSITIONS = ("none", "sincos2d")
+
+
+def sincos_2d(side: int, width: int, temperature: float = 10_000.0) -> jnp.ndarray:
+  """[side * side, width] float32 fixed 2D position embedding of a row-major token grid (MAE's
+  and big_vision's `sincos2d`): the first half of the channels encode the column, the second
+  half the row, each as sin and cos of the position over width / 4 geometric frequencies.
+
+  Added to the image tokens the decoder reads, it puts each token's place in the values
+  attention gathers, which 1D RoPE over the raster order (a bias on attention weights) does
+  not: without it the decoder cannot compare two objects' x (docs/vqa.md).
+  """
+  if width % 4:
+    raise ValueError(f"sincos2d image positions need a decoder width divisible by 4, not "
+                     f"{width}.")
+  freqs = 1.0 / temperature ** (jnp.arange(width // 4, dtype=jnp.float32) / (width // 4))
+  rows, cols = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing="ij")
+
+  def encode(coordinate):  # [side * side] -> [side * side, width / 2]
+    angles = coordinate.reshape(-1, 1).astype(jnp.float32) * freqs
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+  return jnp.concatenate([encode(cols), encode(rows)], axis=1)
 
 
 class Projector(nn.Module):

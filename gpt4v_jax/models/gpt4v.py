@@ -21,7 +21,8 @@ import flax.linen as nn
 
 from gpt4v_jax.models.contrastive import ContrastiveHead
 from gpt4v_jax.models.decoder import Decoder
-from gpt4v_jax.models.fusion import PerceiverResampler, Projector, prefix_lm_mask
+from gpt4v_jax.models.fusion import (IMAGE_POSITIONS, PerceiverResampler, Projector,
+                                     prefix_lm_mask, sincos_2d)
 from gpt4v_jax.models.vit import ViT, vit_variant
 from gpt4v_jax.pretrained import compose
 
@@ -47,6 +48,10 @@ class GPT4V(nn.Module):
       True: every token attends causally, the image's and the prompt's too (LLaVA).
     contrastive: optional unbound `ContrastiveHead`: image and text embeddings for the
       contrastive objective (`contrastive_outputs`), the decoder serving as the text tower.
+    image_positions: "none" (image tokens carry what the encoder leaves of its own position
+      embedding; their decoder positions are 1D RoPE over the raster order) or "sincos2d"
+      (`fusion.sincos_2d` of the projector's token grid is added to its output, before any
+      resampler).
   """
   vit: ViT
   decoder: Decoder
@@ -57,8 +62,12 @@ class GPT4V(nn.Module):
   projector_activation: str = "gelu_tanh"
   causal_prefix: bool = False
   contrastive: ContrastiveHead | None = None
+  image_positions: str = "none"
 
   def __post_init__(self):
+    if self.image_positions not in IMAGE_POSITIONS:
+      raise ValueError(f"config.model.image_positions={self.image_positions!r}: expected one "
+                       f"of {IMAGE_POSITIONS}.")
     if self.fusion not in ("prefix", "cross_attention"):
       raise ValueError(f"config.model.fusion={self.fusion!r}: expected 'prefix' or "
                        "'cross_attention'.")
@@ -114,6 +123,9 @@ class GPT4V(nn.Module):
     if self.vit.class_token:  # The patch tokens only (LLaVA's "default" feature selection).
       tokens = tokens[:, 1:]
     tokens = self.projector(tokens)
+    if self.image_positions == "sincos2d":
+      side = round(tokens.shape[1] ** 0.5)
+      tokens = tokens + sincos_2d(side, tokens.shape[-1]).astype(tokens.dtype)
     return tokens if self.resampler is None else self.resampler(tokens)
 
   def __call__(self, images, text, ar_mask, input_mask, deterministic=True,
@@ -326,5 +338,6 @@ def build_model(cfg, code_ids=(0, 0), num_code_positions=0, *, image_size: int =
   # A whole vision-language checkpoint fixes its projector and prefix attention.
   settings.update(compose.gpt4v_settings(cfg))
   return GPT4V(vit=vit, decoder=decoder, projector_merge=cfg.projector_merge,
-               fusion=cfg.fusion, resampler=resampler, **settings)
+               fusion=cfg.fusion, resampler=resampler,
+               image_positions=cfg.get("image_positions", "none"), **settings)
 
