@@ -193,17 +193,30 @@ def results_summary(results: str) -> str:
 _VQA_TYPES = ("color", "shape", "count", "existence", "relation", "size")
 
 
+def validation_curve(results: str, name: str, keys: list[str]) -> list[tuple[int, list]]:
+  """[(step, [value of each key])] of a published run's evals during training (curve.json's
+  `eval/validation/<key>` points), in step order."""
+  curves = _read(os.path.join(results, name, "curve.json")) or {}
+  points = [dict(curves.get(f"eval/validation/{k}", [])) for k in keys]
+  steps = sorted(set().union(*points))
+  return [(int(step), [p.get(step) for p in points]) for step in steps]
+
+
 def vqa_types(results: str) -> str:
-  """docs/vqa.md: accuracy per question type of the default VQA run, test and compositional."""
+  """docs/vqa.md: accuracy per question type of the default VQA run: validation during
+  training, then test and compositional at the end."""
   run = published(results, "shapes_vqa")
   if run is None:
     return not_rerun("shapes_vqa")
   split = _read(os.path.join(results, "shapes_vqa", "results.json"))["test"]
-  found = [k.removeprefix("accuracy_") for k in split if k.startswith("accuracy_")]
+  found = [k.removeprefix("accuracy_") for k in split if k.startswith("accuracy_")
+           and not k.startswith("accuracy_answer_")]
   types = [t for t in _VQA_TYPES if t in found] + [t for t in found if t not in _VQA_TYPES]
   keys = ["accuracy"] + [f"accuracy_{t}" for t in types]
-  rows = [[s] + [num(metric(results, "shapes_vqa", f"{s}/{k}")) for k in keys]
-          for s in ("test", "compositional")]
+  rows = [[f"validation @ {step}"] + [num(v) if v is not None else "-" for v in values]
+          for step, values in validation_curve(results, "shapes_vqa", keys)]
+  rows += [[s] + [num(metric(results, "shapes_vqa", f"{s}/{k}")) for k in keys]
+           for s in ("test", "compositional")]
   return table(["split", "overall"] + types, rows) + "\n\n" + source_line("shapes_vqa", run)
 
 
@@ -222,8 +235,22 @@ def caption_metrics(results: str) -> str:
   return table(header, rows) + "\n\n" + source_line("shapes_caption", run)
 
 
+def caption_curve(results: str) -> str:
+  """docs/caption.md: the default caption run's validation metrics during training (200
+  examples each), then the test split's."""
+  run = published(results, "shapes_caption")
+  if run is None:
+    return not_rerun("shapes_caption")
+  keys = ["object_f1", "scene_accuracy", "cider_d", "bleu_4"]
+  rows = [[str(step)] + [num(v) if v is not None else "-" for v in values]
+          for step, values in validation_curve(results, "shapes_caption", keys)]
+  rows.append(["test"] + [num(metric(results, "shapes_caption", f"test/{k}")) for k in keys])
+  return (table(["step", "object F1", "scene acc.", "CIDEr-D", "BLEU-4"], rows) + "\n\n"
+          + source_line("shapes_caption", run))
+
+
 TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
-          "caption_metrics": caption_metrics}
+          "caption_metrics": caption_metrics, "caption_curve": caption_curve}
 
 
 # --- Marked blocks in markdown files ----------------------------------------------------------
