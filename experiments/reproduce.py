@@ -58,13 +58,15 @@ class Run:
   minutes: float  # Estimate until a published run.json measures it.
 
 
-# In dependency order. t2i reads the VQ-VAE (objective.image_tokenizer) and the caption run
-# (init); multitask the t2i run (init) and the VQ-VAE; the fusion ablation trains from scratch
-# but its text-to-image rows need the VQ-VAE; the encoder ablation's variants start from the
+# In dependency order. VQA's first stage starts from the caption run, its second from the
+# first; t2i reads the VQ-VAE (objective.image_tokenizer) and the caption run (init);
+# multitask the t2i run (init) and the VQ-VAE; the fusion ablation trains from scratch but its
+# text-to-image rows need the VQ-VAE; the encoder ablation's variants start from the
 # contrastive and caption runs.
 RUNS = (
     Run("shapes_caption", "configs/shapes_caption.py", "run", (), 11),
-    Run("shapes_vqa", "configs/shapes_vqa.py", "run", ("shapes_caption",), 27),
+    Run("shapes_vqa_left_of", "configs/shapes_vqa.py:left_of", "run", ("shapes_caption",), 7),
+    Run("shapes_vqa", "configs/shapes_vqa.py", "run", ("shapes_vqa_left_of",), 17),
     Run("shapes_vqvae", "configs/shapes_vqvae.py", "run", (), 25),
     Run("shapes_t2i", "configs/shapes_t2i.py", "run", ("shapes_vqvae", "shapes_caption"), 28),
     Run("shapes_multitask", "configs/shapes_multitask.py", "run",

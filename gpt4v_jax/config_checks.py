@@ -36,7 +36,7 @@ _ADDED_KEYS = {
 _ADDED_MODEL_KEYS = {  # GPT4V models only.
     "scan_layers": False, "fusion": "prefix", "cross_attention_every": 1, "encoder": "vit",
     "resampler_latents": 0, "resampler_depth": 1, "vision_checkpoint": "",
-    "language_checkpoint": "",
+    "language_checkpoint": "", "image_positions": "none",
 }
 
 
@@ -73,6 +73,7 @@ def load_saved_config(workdir: str) -> dict:
     max_text_len = parts["vqa"]["max_text_len"]
     parts["vqa"].setdefault("questions_per_row", 1)
     parts["vqa"].setdefault("max_question_len", max_text_len - 4)
+    parts["vqa"].setdefault("relations_as", "asked")  # Before the relation curriculum.
   return saved
 
 

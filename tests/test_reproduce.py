@@ -118,7 +118,7 @@ def test_the_table_lists_dependencies_before_their_users():
   order = [r.name for r in reproduce.RUNS]
   for run in reproduce.RUNS:
     assert all(order.index(dep) < order.index(run.name) for dep in run.deps), run.name
-    assert os.path.exists(os.path.join(reproduce.REPO, run.config)), run.config
+    assert os.path.exists(os.path.join(reproduce.REPO, run.config.partition(":")[0])), run.config
 
 
 def test_a_sweep_is_finished_when_every_variant_is(tmp_path):
@@ -171,13 +171,14 @@ def test_uncommitted_code_is_refused_before_anything_runs(tmp_path, monkeypatch,
   with pytest.raises(SystemExit, match="(?s)refused: uncommitted.* M configs/shapes_vqa.py"):
     reproduce.reproduce(["shapes_vqa"], str(tmp_path), dry_run=False)
   out = capsys.readouterr().out
-  assert "| shapes_caption | run |" in out and "| shapes_vqa | run |" in out
+  assert "| shapes_caption | run |" in out and "| shapes_vqa_left_of | run |" in out
+  assert "| shapes_vqa | run |" in out
   assert os.listdir(tmp_path) == []
 
 
 def test_runs_with_dependencies_need_the_configs_root(tmp_path):
   steps = [(reproduce.RUNS[0], "run"), (reproduce.RUNS[1], "run")]
-  with pytest.raises(SystemExit, match="shapes_vqa read their dependencies"):
+  with pytest.raises(SystemExit, match="shapes_vqa_left_of read their dependencies"):
     reproduce.check_root(steps, str(tmp_path))
   reproduce.check_root(steps[:1], str(tmp_path))
   reproduce.check_root(steps, os.path.join(reproduce.REPO, "workdirs"))

@@ -110,6 +110,25 @@ def test_eval_items_ask_every_question_of_the_image(obj):
     np.testing.assert_allclose(inputs["image"], ex["image"] / 127.5 - 1.0, atol=1e-6)
 
 
+def test_relations_as_left_of_asks_right_of_questions_as_their_converse():
+  assert (shapes.converse_relation("is the large red circle right of the blue object?")
+          == "is the blue object left of the large red circle?")
+  assert shapes.converse_relation("is the red circle left of the blue object?") is None
+  left_of = runs.make_objective(shapes_vqa.get_config("left_of"))
+  questions = [b"is the red circle right of the small square?", b"is the cyan object left of "
+               b"the circle?", b"what color is the square?"]
+  example = _example(questions=questions, answers=[[b"yes"], [b"no"], [b"red"]],
+                     question_types=[b"relation", b"relation", b"color"])
+  asked = [info["question"] for _, info in left_of.eval_items(example)]
+  assert asked == ["is the small square left of the red circle?",
+                   "is the cyan object left of the circle?", "what color is the square?"]
+  assert [info["answer"] for _, info in left_of.eval_items(example)] == ["yes", "no", "red"]
+  with pytest.raises(ValueError, match="relations_as='right_of'"):
+    config = shapes_vqa.get_config()
+    config.objective.relations_as = "right_of"
+    runs.make_objective(config)
+
+
 def test_score_is_exact_match_overall_and_per_type(obj):
   items = [dict(id="0", question="what color is the circle?", qtype="color", answer="red"),
            dict(id="0", question="how many squares are there?", qtype="count", answer="2"),

@@ -423,6 +423,18 @@ def _relation_question(objects, rng):
   ])
 
 
+_RIGHT_OF = re.compile(r"is the (.+) right of the (.+)\?")
+
+
+def converse_relation(question: str) -> str | None:
+  """"is the A right of the B?" -> "is the B left of the A?", its converse (the same answer),
+  or None for any other question. A relation's answer is an XOR of its word and which of the
+  two named objects is further left, so each alone tells nothing; with one word the answer
+  is the objects' order alone, which training finds at once (docs/vqa.md)."""
+  match = _RIGHT_OF.fullmatch(question)
+  return match and f"is the {match.group(2)} left of the {match.group(1)}?"
+
+
 _QUESTION_MAKERS = {
     "color": lambda objs, rng: _attribute_question(objs, rng, "color"),
     "shape": lambda objs, rng: _attribute_question(objs, rng, "shape"),

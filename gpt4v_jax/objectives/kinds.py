@@ -4,7 +4,8 @@ Each kind says how its objective is built from its config keys and what the conf
 to know about it; adding an objective is one entry here (and its module). Keys by kind:
 
   caption        max_text_len, prompt
-  vqa            max_text_len, max_question_len, max_new_tokens, questions_per_row
+  vqa            max_text_len, max_question_len, max_new_tokens, questions_per_row,
+                 relations_as ("asked", or "left_of": see objectives/vqa.py; optional)
   prompt         max_text_len, max_prompt_len, metric ("rouge" or "exact_match"), use_images
                  (False: text only, e.g. summarization)
   text_to_image  image_tokenizer (the workdir of a finished vqvae run, or an exported one),
@@ -70,7 +71,8 @@ def _vqa(keys, ctx):
   return VQAObjective(ctx.tokenizer, max_text_len=keys.max_text_len,
                       max_question_len=keys.max_question_len,
                       max_new_tokens=keys.max_new_tokens,
-                      questions_per_row=keys.questions_per_row, preprocess=ctx.preprocess)
+                      questions_per_row=keys.questions_per_row, preprocess=ctx.preprocess,
+                      relations_as=keys.get("relations_as", "asked"))
 
 
 def _prompt(keys, ctx):

@@ -12,12 +12,16 @@ question of each image alone (one eval item per question), decodes greedily, and
 accuracy against all its answers (`vqa_metrics`, the official evaluation's rules) overall,
 per question type and per answer type; a `shapes` question has one certain answer, so that is
 normalised exact match.
+
+`relations_as="left_of"` asks every `shapes` relation question in its "left of" form
+(`shapes.converse_relation`), in training and evaluation: the first stage of the default
+VQA recipe's curriculum (configs/shapes_vqa.py).
 """
 import collections
 
 import numpy as np
 
-from gpt4v_jax.data import datasets, images
+from gpt4v_jax.data import datasets, images, shapes
 from gpt4v_jax.data.pipeline import BadExample, decode_text
 from gpt4v_jax.data.tokenizer import Tokenizer
 from gpt4v_jax.evals import vqa_metrics
@@ -29,14 +33,24 @@ def _label(value, what: str) -> str:
   return decode_text(value, what) if len(value) else ""
 
 
+# "asked": questions as the data asks them; "left_of": shapes' "right of" relation questions as
+# their "left of" converse.
+RELATIONS_AS = ("asked", "left_of")
+
+
 class VQAObjective(prefix_lm.PrefixLMObjective):
   """How an example becomes a question-answering training row, one decoding prompt per
   question, and a score."""
   name = "vqa"
 
   def __init__(self, tokenizer: Tokenizer, *, max_text_len: int, max_question_len: int,
-               max_new_tokens: int, questions_per_row: int, preprocess: images.Preprocess):
+               max_new_tokens: int, questions_per_row: int, preprocess: images.Preprocess,
+               relations_as: str = "asked"):
     self.tokenizer = tokenizer
+    if relations_as not in RELATIONS_AS:
+      raise ValueError(f"config.objective.relations_as={relations_as!r}: expected one of "
+                       f"{RELATIONS_AS}.")
+    self.relations_as = relations_as
     self.preprocess = preprocess
     self.max_text_len = max_text_len
     self.max_new_tokens = max_new_tokens
@@ -73,7 +87,10 @@ class VQAObjective(prefix_lm.PrefixLMObjective):
       if len(refs) == 0:
         raise BadExample(f"question {i} has no answer")
       refs = [decode_text(a, "answer") for a in refs]
-      out.append(dict(question=decode_text(q, "question"), answers=refs,
+      question = decode_text(q, "question")
+      if self.relations_as == "left_of":
+        question = shapes.converse_relation(question) or question
+      out.append(dict(question=question, answers=refs,
                       answer=collections.Counter(refs).most_common(1)[0][0],
                       qtype=_label(qtypes[i], "question type") if len(qtypes) else "",
                       atype=_label(atypes[i], "answer type") if len(atypes) else ""))
