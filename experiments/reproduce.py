@@ -5,27 +5,26 @@
 RUNS lists the default runs: a "run" is `python -m gpt4v_jax.main --config=C
 --workdir=ROOT/NAME`, a "sweep" `python -m experiments.sweep --config=C --workdir=ROOT/NAME`.
 Each launch first writes ROOT/NAME/reproduce.json: the commit, the code revision (the git trees
-of gpt4v_jax/ and setup.py: a docs commit does not move a number) and the run's stamp: a hash
-of that revision, the settings it trains with (its config, a sweep's variants too) and its
-dependencies' stamps, so a changed caption config reruns the VQA run that starts from it, and
-a changed VQA config reruns nothing else. A run whose reproduce.json holds the stamp HEAD gives
-it is reused when finished (results.json; a sweep: results/sweep.csv and every variant's results.json) and
-resumed from its checkpoint when not; any other run dir is moved aside to
+of gpt4v_jax/ and setup.py: a docs commit does not move a number) and the run's stamp: a hash of
+that revision, the settings it trains with (its config, a sweep's variants too) and its
+dependencies' stamps, so a changed caption config reruns the VQA run that starts from it, and a
+changed VQA config reruns nothing else. A run whose reproduce.json holds the stamp HEAD gives it
+is reused when finished (results.json; a sweep: results/sweep.csv and every variant's
+results.json) and resumed from its checkpoint when not; any other run dir is moved aside to
 ROOT/stale/NAME-<commit> (never deleted) and rerun (a dir without reproduce.json too: nothing
-says what made it). Uncommitted changes under those paths or configs/ are refused after the
-plan is printed
-(--dry_run too): a result must name a commit. `--only NAME` takes that run (reused if it can
-be: move its dir aside to force a rerun), and first each dependency that is not reusable. The
-configs read their dependencies from workdirs/<NAME>, so a run with dependencies launches only
-with that root.
+says what made it). Uncommitted changes under those paths or configs/ are refused after the plan
+is printed (--dry_run too): a result must name a commit. `--only NAME` takes that run (reused if
+it can be: move its dir aside to force a rerun), and first each dependency that is not reusable.
+The configs read their dependencies from workdirs/<NAME>, so a run with dependencies launches
+only with that root.
 
 Each finished run (reused ones too) is published to experiments/results/<NAME>/: results.json,
 curve.json (train/loss and the eval scalars from its TensorBoard events, [[step, value], ...]
-per tag) and run.json (name, config, commit, code, stamp, minutes, date); a sweep's sweep.csv/.md/.png,
-each variant's results.json as <variant>.json, and run.json. Then the docs' tables are
-re-rendered (`experiments.tables --write`). `minutes` is the wall time of a run launched from
-scratch here (null when it was resumed, or reused without an earlier measurement); the next
-plan's estimates come from it.
+per tag) and run.json (name, config, commit, code, stamp, minutes, date); a sweep's
+sweep.csv/.md/.png, each variant's results.json as <variant>.json, and run.json. Then the docs'
+tables are re-rendered (`experiments.tables --write`). `minutes` is the wall time of a run
+launched from scratch here (null when it was resumed, or reused without an earlier measurement);
+the next plan's estimates come from it.
 """
 import dataclasses
 import datetime
@@ -266,8 +265,9 @@ def publish(run: Run, workdir: str, minutes: float | None,
   date = datetime.date.fromtimestamp(os.path.getmtime(final)).isoformat()
   with open(os.path.join(out, "run.json"), "w") as f:
     json.dump(dict(name=run.name, config=run.config, commit=recorded["commit"],
-                   code=recorded["code"], stamp=recorded.get("stamp"), minutes=None if minutes is None else round(minutes, 1),
-                   date=date), f, indent=1)
+                   code=recorded["code"], stamp=recorded.get("stamp"),
+                   minutes=None if minutes is None else round(minutes, 1), date=date),
+              f, indent=1)
   return out
 
 

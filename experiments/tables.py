@@ -249,8 +249,42 @@ def caption_curve(results: str) -> str:
           + source_line("shapes_caption", run))
 
 
+def position_probe(results: str) -> str:
+  """docs/vqa.md: `experiments.position_probe` of each run it was pointed at
+  (position_probe_<run>.json)."""
+  rows, commits = [], set()
+  for path in sorted(glob.glob(os.path.join(results, "position_probe_*.json"))):
+    r = _read(path)
+    commits.add(r["commit"])
+    yes = (f"{num(r['yes_rate_when_yes'])} / {num(r['yes_rate_when_no'])}"
+           if "yes_rate_when_yes" in r else "-")
+    rows.append([os.path.basename(r["workdir"]), num(r["x_r2"]), num(r["y_r2"]),
+                 f"{num(r['column_accuracy'])} ({num(r['column_majority'])})",
+                 f"{num(r['row_accuracy'])} ({num(r['row_majority'])})", yes])
+  header = ["run", "x R^2", "y R^2", "column acc. (majority)", "row acc. (majority)",
+            '"yes" when yes / when no']
+  return (table(header, rows) + f"\n\n{SOURCE} from experiments/results/position_probe_*.json "
+          f"(probes at {', '.join(f'`{c}`' for c in sorted(commits))}).")
+
+
+def relation_diagnostic(results: str) -> str:
+  """docs/vqa.md: `experiments.relation_diagnostic`'s variants (relation_diagnostic.json)."""
+  r = _read(os.path.join(results, "relation_diagnostic.json"))
+  if r is None:
+    return ("Not run yet: `python -m experiments.relation_diagnostic` writes "
+            "experiments/results/relation_diagnostic.json.")
+  cell = lambda v: "-" if v is None else num(v)
+  rows = [[row["variant"], cell(row["accuracy"]), cell(row["left_questions"]),
+           cell(row["right_questions"]), cell(row["says_yes"])] for row in r["rows"]]
+  return (table(["variant", "test accuracy", '"left of" questions', '"right of" questions',
+                 'says "yes"'], rows)
+          + f"\n\n{SOURCE} from experiments/results/relation_diagnostic.json ({r['steps']} "
+          f"steps per variant, run at `{r['commit']}`).")
+
+
 TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
-          "caption_metrics": caption_metrics, "caption_curve": caption_curve}
+          "caption_metrics": caption_metrics, "caption_curve": caption_curve,
+          "position_probe": position_probe, "relation_diagnostic": relation_diagnostic}
 
 
 # --- Marked blocks in markdown files ----------------------------------------------------------
