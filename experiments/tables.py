@@ -86,9 +86,16 @@ def num(value: float) -> str:
   return f"{value:.3f}"
 
 
-def run_cell(run: dict) -> str:
-  minutes = f", {run['minutes']:.1f} min" if run.get("minutes") is not None else ""
-  return f"`{run['commit'][:7]}`, {run['date']}{minutes}"
+def run_cell(run: dict, stages: list[dict] = ()) -> str:
+  """Commit, date and minutes of a run; with earlier stages (runs it starts from, as VQA's
+  two), their minutes are added and their commits named where they differ."""
+  runs = [*stages, run]
+  known = [r["minutes"] for r in runs if r.get("minutes") is not None]
+  minutes = f", {sum(known):.1f} min" if len(known) == len(runs) else ""
+  if len(runs) > 1:
+    minutes += f" ({len(runs)} stages)"
+  commits = [f"`{c}`" for c in dict.fromkeys(r["commit"][:7] for r in runs)]
+  return f"{' + '.join(commits)}, {run['date']}{minutes}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -161,9 +168,11 @@ def _encoder_ablation_result(r, n):
 
 
 # (task, run name = config name, test result cell, the page with the older measurement).
+# Runs whose published minutes include earlier stages: {run: [earlier runs]}.
+STAGES = {"shapes_vqa": ["shapes_vqa_left_of"]}
 SUMMARY = (
     ("captioning", "shapes_caption", _caption_result, "docs/caption.md"),
-    ("VQA", "shapes_vqa", _vqa_result, "docs/vqa.md"),
+    ("VQA", "shapes_vqa", _vqa_result, "docs/vqa.md"),  # Its first stage: STAGES.
     ("image tokenizer", "shapes_vqvae", _vqvae_result, "docs/text_to_image.md"),
     ("text-to-image", "shapes_t2i", _t2i_result, "docs/text_to_image.md"),
     ("multitask", "shapes_multitask", _multitask_result, "docs/multitask.md"),
@@ -184,7 +193,9 @@ def results_summary(results: str) -> str:
       rows.append([f"{task} (`{name}.py`)", "not rerun yet by `experiments.reproduce` "
                    f"(older measurement: [{doc}]({doc}))", "-"])
     else:
-      rows.append([f"{task} (`{name}.py`)", result(results, name), run_cell(run)])
+      stages = [published(results, stage) for stage in STAGES.get(name, [])]
+      rows.append([f"{task} (`{name}.py`)", result(results, name),
+                   run_cell(run, [stage for stage in stages if stage is not None])])
   return (table(["task (config)", "test result", "run (commit, date, training)"], rows)
           + f"\n\n{SOURCE} from `experiments/results/<config>/` (results.json, or a sweep's "
           "`<variant>.json`; run.json names each row's commit).")
@@ -203,21 +214,28 @@ def validation_curve(results: str, name: str, keys: list[str]) -> list[tuple[int
 
 
 def vqa_types(results: str) -> str:
-  """docs/vqa.md: accuracy per question type of the default VQA run: validation during
-  training, then test and compositional at the end."""
-  run = published(results, "shapes_vqa")
-  if run is None:
+  """docs/vqa.md: accuracy per question type of the default VQA run's stages (STAGES): each
+  one's validation evals during training, then its test and compositional splits."""
+  names = STAGES["shapes_vqa"] + ["shapes_vqa"]
+  runs = [published(results, name) for name in names]
+  if runs[-1] is None:
     return not_rerun("shapes_vqa")
   split = _read(os.path.join(results, "shapes_vqa", "results.json"))["test"]
   found = [k.removeprefix("accuracy_") for k in split if k.startswith("accuracy_")
            and not k.startswith("accuracy_answer_")]
   types = [t for t in _VQA_TYPES if t in found] + [t for t in found if t not in _VQA_TYPES]
   keys = ["accuracy"] + [f"accuracy_{t}" for t in types]
-  rows = [[f"validation @ {step}"] + [num(v) if v is not None else "-" for v in values]
-          for step, values in validation_curve(results, "shapes_vqa", keys)]
-  rows += [[s] + [num(metric(results, "shapes_vqa", f"{s}/{k}")) for k in keys]
-           for s in ("test", "compositional")]
-  return table(["split", "overall"] + types, rows) + "\n\n" + source_line("shapes_vqa", run)
+  rows, sources = [], []
+  for name, run in zip(names, runs):
+    if run is None:
+      continue
+    rows += [[f"`{name}`", f"validation @ {step}"]
+             + [num(v) if v is not None else "-" for v in values]
+             for step, values in validation_curve(results, name, keys)]
+    rows += [[f"`{name}`", s] + [num(metric(results, name, f"{s}/{k}")) for k in keys]
+             for s in ("test", "compositional")]
+    sources.append(source_line(name, run))
+  return table(["run", "split", "overall"] + types, rows) + "\n\n" + " ".join(sources)
 
 
 def caption_metrics(results: str) -> str:

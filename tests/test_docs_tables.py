@@ -47,17 +47,30 @@ def test_caption_metrics_renders_three_decimals_and_its_source(results):
       "(run at `abcdef0`, 2026-12-08)."]
 
 
-def test_vqa_types_and_a_run_not_published(results):
+def test_vqa_types_renders_both_stages_and_sums_their_minutes(results):
   assert tables.render("vqa_types", str(results)).startswith("Not rerun yet by `python -m "
                                                              "experiments.reproduce --only")
   split = dict(accuracy=0.9, accuracy_count=0.8, accuracy_color=0.97, accuracy_relation=0.5,
-               num_questions=6974.0)
+               accuracy_answer_other=0.1, num_questions=6974.0)
+  curve = {"eval/validation/accuracy": [[3000, 0.8]],
+           "eval/validation/accuracy_relation": [[3000, 0.25]], "train/loss": [[100, 1.0]]}
   _publish(results, "shapes_vqa", {"results.json": {"test": split, "compositional": split},
-                                   "run.json": dict(RUN, commit="1234567aaa")})
+                                   "curve.json": curve,
+                                   "run.json": dict(RUN, commit="1234567aaa", minutes=20.0)})
+  _publish(results, "shapes_vqa_left_of", {
+      "results.json": {"test": dict(split, accuracy=0.7), "compositional": split},
+      "run.json": dict(RUN, commit="1234567aaa", minutes=7.04)})
   lines = tables.render("vqa_types", str(results)).split("\n")
-  assert lines[0] == "| split | overall | color | count | relation |"
-  assert lines[2] == "| test | 0.900 | 0.970 | 0.800 | 0.500 |"
-  assert "(run at `1234567`, 2026-12-08)" in lines[-1]
+  assert lines[0] == "| run | split | overall | color | count | relation |"
+  assert lines[2:6] == [
+      "| `shapes_vqa_left_of` | test | 0.700 | 0.970 | 0.800 | 0.500 |",
+      "| `shapes_vqa_left_of` | compositional | 0.900 | 0.970 | 0.800 | 0.500 |",
+      "| `shapes_vqa` | validation @ 3000 | 0.800 | - | - | 0.250 |",
+      "| `shapes_vqa` | test | 0.900 | 0.970 | 0.800 | 0.500 |"]
+  assert "shapes_vqa/ (run at `1234567`, 2026-12-08)" in lines[-1]
+  summary = tables.render("results_summary", str(results))
+  assert ("| VQA (`shapes_vqa.py`) | accuracy 0.900 (compositional 0.900) | `1234567`, "
+          "2026-12-08, 27.0 min (2 stages) |") in summary
 
 
 def test_results_summary_gives_each_row_its_commit(results):
