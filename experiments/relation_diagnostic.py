@@ -91,12 +91,14 @@ def run_variant(variant: str, steps: int, root: str) -> dict:
   from gpt4v_jax import main
   config = shapes_vqa.get_config()
   # One relation question per image (two with its converse): short rows.
-  config.objective.update(max_text_len=30, questions_per_row=2)
+  config.objective.update(max_text_len=30 if variant == "converse" else 16,
+                          questions_per_row=2)
   config.train.update(steps=steps, checkpoint_every=steps)
   config.evals.update(every=steps, final_splits=("test",))
-  if variant == "then_asked":
-    config.init.workdir = os.path.join(root, "left_only")
+  config.init.workdir = (os.path.join(root, "left_only") if variant == "then_asked"
+                        else "workdirs/shapes_caption")
   workdir = os.path.join(root, variant)
+  os.makedirs(root, exist_ok=True)
   with relation_only("asked" if variant == "then_asked" else variant):
     main.train(config, workdir)
   predictions = final_eval(workdir, "test")["predictions"]
