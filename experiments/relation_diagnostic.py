@@ -23,24 +23,16 @@ import collections
 import contextlib
 import json
 import os
-import re
 import subprocess
 from unittest import mock
 
 from absl import app, flags
 
 from experiments.tables import final_eval, markdown_table
+from gpt4v_jax.data import shapes
 
-_RIGHT = re.compile(r"is the (.+) right of the (.+)\?")
 VARIANTS = ("asked", "left_only", "converse", "then_asked")
 _FLAGS = {}  # Defined when run as a command (the tests import experiment modules together).
-
-
-def converse(question: str) -> str | None:
-  """'is the A right of the B?' -> 'is the B left of the A?' (the same answer); None for any
-  other question."""
-  match = _RIGHT.fullmatch(question)
-  return match and f"is the {match.group(2)} left of the {match.group(1)}?"
 
 
 def relation_questions(questions: list[dict], variant: str, training: bool) -> list[dict]:
@@ -50,7 +42,7 @@ def relation_questions(questions: list[dict], variant: str, training: bool) -> l
   for q in questions:
     if q["qtype"] != "relation":
       continue
-    other = converse(q["question"])
+    other = shapes.converse_relation(q["question"])
     if other and variant == "left_only":
       q = dict(q, question=other)
     out.append(q)

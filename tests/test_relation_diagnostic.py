@@ -6,13 +6,6 @@ def _q(question, qtype="relation", answer="yes"):
   return dict(question=question, qtype=qtype, answer=answer, answers=[answer], atype="")
 
 
-def test_converse_swaps_the_objects_of_right_of_questions_only():
-  assert (rd.converse("is the large red circle right of the blue object?")
-          == "is the blue object left of the large red circle?")
-  assert rd.converse("is the red circle left of the blue object?") is None
-  assert rd.converse("what color is the circle?") is None
-
-
 def test_each_variant_keeps_the_relation_questions_in_its_forms():
   qs = [_q("what shape is the red object?", "shape", "circle"),
         _q("is the red circle right of the blue square?"),
