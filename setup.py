@@ -28,7 +28,7 @@ CORE = [
 ]
 TEST = ["pytest==9.2.0",
         # Two workers (make test): the suite's end-to-end runs are single-threaded compiles
-        # and process starts, which a second core overlaps (13.3 min on 2 cores, docs/tests.md).
+        # and process starts, which a second core overlaps (13.0 min on 2 cores, docs/tests.md).
         "pytest-xdist==3.8.0",
         # tests/test_colabs.py runs the notebooks headless.
         "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
