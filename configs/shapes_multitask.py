@@ -4,15 +4,19 @@
   python -m gpt4v_jax.main --config=configs/shapes_caption.py --workdir=workdirs/shapes_caption
   python -m gpt4v_jax.main --config=configs/shapes_vqvae.py --workdir=workdirs/shapes_vqvae
   python -m gpt4v_jax.main --config=configs/shapes_t2i.py --workdir=workdirs/shapes_t2i
+  python -m gpt4v_jax.main --config=configs/shapes_multitask.py:left_of \
+      --workdir=workdirs/shapes_multitask_left_of
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py --workdir=workdirs/multitask
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py:tiny --workdir=/tmp/t \
       --config.objective.mixture.text_to_image.image_tokenizer=/tmp/vq_tiny
 
-Variants as in shapes_caption ("" or "tiny"). Everything but the objective and the vocabulary
-is shapes_caption's, each part's own keys come from its single-task config, and the weights'
-shares of the batch are how many rows of every batch each task gets, each task's rows at its
-own length (`objectives/mixture.py`). Text-to-image needs the VQ-VAE run first, as in
-shapes_t2i.py, and the default starts from the text-to-image run's params.
+(`python -m experiments.reproduce --only shapes_multitask` runs the chain.) Variants as in
+shapes_vqa: "" (the default: the second stage of the relation curriculum, from the "left_of"
+run), "left_of" (its first stage, from the text-to-image run) or "tiny". Everything but the
+objective and the vocabulary is shapes_caption's, each part's own keys come from its
+single-task config, and the weights' shares of the batch are how many rows of every batch each
+task gets, each task's rows at its own length (`objectives/mixture.py`). Text-to-image needs
+the VQ-VAE run first, as in shapes_t2i.py.
 """
 import ml_collections
 
@@ -20,10 +24,13 @@ from configs import shapes_caption, shapes_t2i, shapes_vqa
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = shapes_caption.get_config(arg)
-  vqa_config = shapes_vqa.get_config(arg)
-  caption, vqa = c.objective, vqa_config.objective
-  t2i_config = shapes_t2i.get_config(arg)
+  arg = arg or ""
+  if arg not in ("", "left_of", "tiny"):
+    raise ValueError(f"Unknown config variant {arg!r}; expected '', 'left_of' or 'tiny'.")
+  variant = "tiny" if arg == "tiny" else ""  # The single-task configs' sizes and keys.
+  c = shapes_caption.get_config(variant)
+  caption, vqa = c.objective, shapes_vqa.get_config(variant).objective
+  t2i_config = shapes_t2i.get_config(variant)
   t2i = dict(t2i_config.objective)
   del t2i["kind"]
   # Weights 2:2:1.5 (caption, VQA, text-to-image; 6, 6 and 4 rows of every batch of 16): the
@@ -37,19 +44,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 max_text_len=caption.max_text_len),
                    vqa=dict(weight=2.0, max_text_len=91, max_question_len=vqa.max_question_len,
                             max_new_tokens=vqa.max_new_tokens,
-                            questions_per_row=vqa.questions_per_row),
+                            questions_per_row=vqa.questions_per_row,
+                            relations_as=vqa.relations_as),
                    text_to_image=dict(weight=1.5, **t2i)))
   c.model.vocab_size = t2i_config.model.vocab_size
-  if not arg:  # "tiny" keeps shapes_caption's fresh init.
-    # Pretrain, then transfer: the default starts every param from the text-to-image run,
-    # whose frozen encoder and projector are the caption run's and whose 3-layer decoder
-    # writes codes; this run teaches that model captions and answers beside. Text-to-image
-    # is the task least able to learn from nothing on a quarter of the rows (the other
-    # starting points: docs/multitask.md).
-    c.model.depth = t2i_config.model.depth
-    # 12,000 steps: what about half an hour of 2 CPU cores buys (timings: docs/multitask.md).
-    c.train.steps = 12000
+  if arg == "tiny":  # shapes_caption's fresh init.
+    return c
+  c.model.depth = t2i_config.model.depth
+  # VQA's relation curriculum (shapes_vqa.py; docs/vqa.md, "Why relation answers..."): asked
+  # both ways from the start, relation answers stay at chance, so the first stage asks every
+  # relation as "left of" and the second as the data asks them. 3,000 + 9,000 steps, the
+  # single-task split: about half an hour of 2 CPU cores (timings: docs/multitask.md).
+  if arg == "left_of":
+    # Pretrain, then transfer: every param starts from the text-to-image run, whose frozen
+    # encoder and projector are the caption run's and whose 3-layer decoder writes codes;
+    # the mixture teaches that model captions and answers beside. Text-to-image is the task
+    # least able to learn from nothing on a quarter of the rows (the other starting points:
+    # docs/multitask.md).
     c.init = dict(workdir="workdirs/shapes_t2i", params=("vit", "projector", "decoder"))
+    c.objective.mixture.vqa.relations_as = "left_of"
+    c.train.update(steps=3000, checkpoint_every=3000)
+    # The stage's test metrics are its record; the default's evals are the comparison.
+    c.evals.final_splits = ("test",)
+  else:
+    c.init = dict(workdir="workdirs/shapes_multitask_left_of",
+                  params=("vit", "projector", "decoder"))
+    c.train.update(steps=9000, checkpoint_every=3000)
   # The caption run's peak learning rate (2e-3): half of it spared captioning an early dip
   # but slowed VQA (docs/multitask.md).
   return c

@@ -59,17 +59,19 @@ class Run:
 
 # In dependency order. VQA's first stage starts from the caption run, its second from the
 # first; t2i reads the VQ-VAE (objective.image_tokenizer) and the caption run (init);
-# multitask the t2i run (init) and the VQ-VAE; the fusion ablation trains from scratch but its
-# text-to-image rows need the VQ-VAE; the encoder ablation's variants start from the
-# contrastive and caption runs.
+# multitask's first stage the t2i run (init), its second the first, both the VQ-VAE; the
+# fusion ablation trains from scratch but its text-to-image rows need the VQ-VAE; the encoder
+# ablation's variants start from the contrastive and caption runs.
 RUNS = (
     Run("shapes_caption", "configs/shapes_caption.py", "run", (), 11),
     Run("shapes_vqa_left_of", "configs/shapes_vqa.py:left_of", "run", ("shapes_caption",), 7),
     Run("shapes_vqa", "configs/shapes_vqa.py", "run", ("shapes_vqa_left_of",), 17),
     Run("shapes_vqvae", "configs/shapes_vqvae.py", "run", (), 25),
     Run("shapes_t2i", "configs/shapes_t2i.py", "run", ("shapes_vqvae", "shapes_caption"), 28),
+    Run("shapes_multitask_left_of", "configs/shapes_multitask.py:left_of", "run",
+        ("shapes_t2i", "shapes_vqvae"), 10),
     Run("shapes_multitask", "configs/shapes_multitask.py", "run",
-        ("shapes_t2i", "shapes_vqvae"), 32),
+        ("shapes_multitask_left_of", "shapes_vqvae"), 26),
     Run("shapes_ablation", "configs/shapes_ablation.py", "sweep", ("shapes_vqvae",), 84),
     Run("shapes_summarize", "configs/shapes_summarize.py", "run", (), 5),
     Run("shapes_contrastive", "configs/shapes_contrastive.py", "run", (), 19),

@@ -169,7 +169,8 @@ def _encoder_ablation_result(r, n):
 
 # (task, run name = config name, test result cell, the page with the older measurement).
 # Runs whose published minutes include earlier stages: {run: [earlier runs]}.
-STAGES = {"shapes_vqa": ["shapes_vqa_left_of"]}
+STAGES = {"shapes_vqa": ["shapes_vqa_left_of"],
+          "shapes_multitask": ["shapes_multitask_left_of"]}
 SUMMARY = (
     ("captioning", "shapes_caption", _caption_result, "docs/caption.md"),
     ("VQA", "shapes_vqa", _vqa_result, "docs/vqa.md"),  # Its first stage: STAGES.

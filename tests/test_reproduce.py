@@ -1,6 +1,7 @@
 """experiments/reproduce.py without training: the code revision, the plan (reuse, resume, move
 aside and rerun, dependencies, --only), the refusal of uncommitted code, and publishing."""
 import datetime
+import importlib.util
 import json
 import os
 import subprocess
@@ -119,6 +120,29 @@ def test_the_table_lists_dependencies_before_their_users():
   for run in reproduce.RUNS:
     assert all(order.index(dep) < order.index(run.name) for dep in run.deps), run.name
     assert os.path.exists(os.path.join(reproduce.REPO, run.config.partition(":")[0])), run.config
+
+
+def _workdirs_read(value) -> set[str]:
+  """The run names of every "workdirs/NAME" string in a config's (or sweep's) settings."""
+  if isinstance(value, dict):
+    return set().union(set(), *map(_workdirs_read, value.values()))
+  if isinstance(value, (list, tuple)):
+    return set().union(set(), *map(_workdirs_read, value))
+  if isinstance(value, str) and value.startswith("workdirs/"):
+    return {value.split("/")[1]}
+  return set()
+
+
+def test_every_run_a_default_reads_is_one_of_its_dependencies():
+  for run in reproduce.RUNS:
+    path, _, arg = run.config.partition(":")
+    spec = importlib.util.spec_from_file_location("config", os.path.join(reproduce.REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    read = _workdirs_read(json.loads(module.get_config(arg or None).to_json_best_effort()))
+    if run.kind == "sweep":
+      read |= _workdirs_read(module.get_sweep(arg or None))
+    assert read <= set(run.deps), (run.name, read, run.deps)
 
 
 def test_a_sweep_is_finished_when_every_variant_is(tmp_path):
