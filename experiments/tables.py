@@ -225,47 +225,96 @@ def vqa_types(results: str) -> str:
   found = [k.removeprefix("accuracy_") for k in split if k.startswith("accuracy_")
            and not k.startswith("accuracy_answer_")]
   types = [t for t in _VQA_TYPES if t in found] + [t for t in found if t not in _VQA_TYPES]
-  keys = ["accuracy"] + [f"accuracy_{t}" for t in types]
+  cells = [("overall", "{}", ["accuracy"])] + [(t, "{}", [f"accuracy_{t}"]) for t in types]
   rows, sources = [], []
   for name, run in zip(names, runs):
     if run is None:
       continue
-    rows += [[f"`{name}`", f"validation @ {step}"]
-             + [num(v) if v is not None else "-" for v in values]
-             for step, values in validation_curve(results, name, keys)]
-    rows += [[f"`{name}`", s] + [num(metric(results, name, f"{s}/{k}")) for k in keys]
-             for s in ("test", "compositional")]
+    rows += [[f"`{name}`"] + row for row in metrics_table(results, name, cells)]
     sources.append(source_line(name, run))
   return table(["run", "split", "overall"] + types, rows) + "\n\n" + " ".join(sources)
 
 
+def metrics_table(results: str, name: str, cells: list[tuple], splits=("test", "compositional"),
+                  during: bool = True, file: str = "results.json") -> list[list[str]]:
+  """Rows of a published run's metrics: one per validation eval during training (curve.json;
+  `during`), then one per final split. A cell is (header, template, keys): the template's {}
+  filled with the keys' values, 3 decimals ("-" for a value the eval did not log)."""
+  def cell(template, keys, values):
+    return "-" if None in values else template.format(*map(num, values))
+  keys = list(dict.fromkeys(k for _, _, ks in cells for k in ks))
+  rows = []
+  if during:
+    for step, values in validation_curve(results, name, keys):
+      got = dict(zip(keys, values))
+      rows.append([f"validation @ {step:,}"] + [cell(t, ks, [got[k] for k in ks])
+                                                for _, t, ks in cells])
+  for s in splits:
+    rows.append([s] + [cell(t, ks, [metric(results, name, f"{s}/{k}", file) for k in ks])
+                       for _, t, ks in cells])
+  return rows
+
+
+def run_table(results: str, name: str, cells: list[tuple], **kw) -> str:
+  """metrics_table of a published run, with its header and source line."""
+  run = published(results, name)
+  if run is None:
+    return not_rerun(name)
+  return (table(["split"] + [header for header, _, _ in cells],
+                metrics_table(results, name, cells, **kw)) + "\n\n" + source_line(name, run))
+
+
 def caption_metrics(results: str) -> str:
   """docs/caption.md: the default caption run's metrics, test and compositional."""
-  run = published(results, "shapes_caption")
-  if run is None:
-    return not_rerun("shapes_caption")
-  rows = []
-  for s in ("test", "compositional"):
-    m = lambda key: num(metric(results, "shapes_caption", f"{s}/{key}"))
-    rows.append([s, m("object_f1"), f"{m('object_precision')} / {m('object_recall')}",
-                 m("scene_accuracy"), m("exact_match"), m("cider_d"), m("bleu_4")])
-  header = ["split", "object F1", "object P / R", "scene acc.", "exact match", "CIDEr-D",
-            "BLEU-4"]
-  return table(header, rows) + "\n\n" + source_line("shapes_caption", run)
+  return run_table(results, "shapes_caption", [
+      ("object F1", "{}", ["object_f1"]),
+      ("object P / R", "{} / {}", ["object_precision", "object_recall"]),
+      ("scene acc.", "{}", ["scene_accuracy"]), ("exact match", "{}", ["exact_match"]),
+      ("CIDEr-D", "{}", ["cider_d"]), ("BLEU-4", "{}", ["bleu_4"])], during=False)
 
 
 def caption_curve(results: str) -> str:
   """docs/caption.md: the default caption run's validation metrics during training (200
   examples each), then the test split's."""
-  run = published(results, "shapes_caption")
+  return run_table(results, "shapes_caption", [
+      ("object F1", "{}", ["object_f1"]), ("scene acc.", "{}", ["scene_accuracy"]),
+      ("CIDEr-D", "{}", ["cider_d"]), ("BLEU-4", "{}", ["bleu_4"])], splits=("test",))
+
+
+def summarize_metrics(results: str) -> str:
+  """docs/summarization.md: the default summarization run, during training and at the end."""
+  return run_table(results, "shapes_summarize", [
+      ("exact match", "{}", ["exact_match"]), ("ROUGE-1", "{}", ["rouge1"]),
+      ("ROUGE-2", "{}", ["rouge2"]), ("ROUGE-L", "{}", ["rougeL"])])
+
+
+def contrastive_metrics(results: str) -> str:
+  """docs/contrastive.md: the default contrastive run's retrieval, zero-shot and neighbour
+  metrics, during training and at the end."""
+  return run_table(results, "shapes_contrastive", [
+      ("i2t R@1", "{}", ["i2t_recall_at_1"]), ("t2i R@1", "{}", ["t2i_recall_at_1"]),
+      ("strict i2t / t2i R@1", "{} / {}", ["strict_i2t_recall_at_1", "strict_t2i_recall_at_1"]),
+      ("i2t / t2i R@5", "{} / {}", ["i2t_recall_at_5", "t2i_recall_at_5"]),
+      ("i2t R@10", "{}", ["i2t_recall_at_10"]),
+      ("zero-shot shape / color / size", "{} / {} / {}",
+       ["zero_shot_shape_accuracy", "zero_shot_color_accuracy", "zero_shot_size_accuracy"]),
+      ("neighbour P@1 (max)", "{} ({})", ["similar_precision_at_1", "similar_precision_at_1_max"]),
+      ("P@5 (max)", "{} ({})", ["similar_precision_at_5", "similar_precision_at_5_max"])])
+
+
+def encoder_ablation(results: str) -> str:
+  """docs/contrastive.md: the encoder ablation sweep, test VQA accuracy per question type of
+  each variant (<variant>.json)."""
+  name = "shapes_encoder_ablation"
+  run = published(results, name)
   if run is None:
-    return not_rerun("shapes_caption")
-  keys = ["object_f1", "scene_accuracy", "cider_d", "bleu_4"]
-  rows = [[str(step)] + [num(v) if v is not None else "-" for v in values]
-          for step, values in validation_curve(results, "shapes_caption", keys)]
-  rows.append(["test"] + [num(metric(results, "shapes_caption", f"test/{k}")) for k in keys])
-  return (table(["step", "object F1", "scene acc.", "CIDEr-D", "BLEU-4"], rows) + "\n\n"
-          + source_line("shapes_caption", run))
+    return not_rerun(name)
+  cells = [("accuracy", "{}", ["accuracy"])] + [
+      (t, "{}", [f"accuracy_{t}"]) for t in _VQA_TYPES]
+  rows = [[f"`{v}`"] + metrics_table(results, name, cells, splits=("test",), during=False,
+                                     file=f"{v}.json")[0][1:] for v in variants(results, name)]
+  return (table(["encoder from"] + [h for h, _, _ in cells], rows) + "\n\n"
+          + source_line(name, run))
 
 
 def position_probe(results: str) -> str:
@@ -303,6 +352,8 @@ def relation_diagnostic(results: str) -> str:
 
 TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
           "caption_metrics": caption_metrics, "caption_curve": caption_curve,
+          "summarize_metrics": summarize_metrics, "contrastive_metrics": contrastive_metrics,
+          "encoder_ablation": encoder_ablation,
           "position_probe": position_probe, "relation_diagnostic": relation_diagnostic}
 
 

@@ -65,7 +65,7 @@ def test_vqa_types_renders_both_stages_and_sums_their_minutes(results):
   assert lines[2:6] == [
       "| `shapes_vqa_left_of` | test | 0.700 | 0.970 | 0.800 | 0.500 |",
       "| `shapes_vqa_left_of` | compositional | 0.900 | 0.970 | 0.800 | 0.500 |",
-      "| `shapes_vqa` | validation @ 3000 | 0.800 | - | - | 0.250 |",
+      "| `shapes_vqa` | validation @ 3,000 | 0.800 | - | - | 0.250 |",
       "| `shapes_vqa` | test | 0.900 | 0.970 | 0.800 | 0.500 |"]
   assert "shapes_vqa/ (run at `1234567`, 2026-12-08)" in lines[-1]
   summary = tables.render("results_summary", str(results))
@@ -89,6 +89,34 @@ def test_results_summary_gives_each_row_its_commit(results):
   assert rows["| VQA (`shapes_vqa.py`)"] == (
       "| VQA (`shapes_vqa.py`) | not rerun yet by `experiments.reproduce` (older measurement: "
       "[docs/vqa.md](docs/vqa.md)) | - |")
+
+
+def test_a_run_table_lists_evals_during_training_then_the_final_splits(results):
+  split = dict(exact_match=0.92449, rouge1=0.99890, rouge2=0.99087, rougeL=0.99121)
+  curve = {"eval/validation/exact_match": [[2000, 0.77], [4000, 0.9]],
+           "eval/validation/rouge1": [[2000, 0.99321]], "train/loss": [[100, 1.0]]}
+  _publish(results, "shapes_summarize", {"results.json": {"test": split, "compositional": split},
+                                         "curve.json": curve, "run.json": RUN})
+  assert tables.render("summarize_metrics", str(results)).split("\n")[2:6] == [
+      "| validation @ 2,000 | 0.770 | 0.993 | - | - |",
+      "| validation @ 4,000 | 0.900 | - | - | - |",
+      "| test | 0.924 | 0.999 | 0.991 | 0.991 |",
+      "| compositional | 0.924 | 0.999 | 0.991 | 0.991 |"]
+
+
+def test_encoder_ablation_renders_each_variant_from_its_own_file(results):
+  types = dict(accuracy_color=0.8, accuracy_shape=0.6, accuracy_count=0.7,
+               accuracy_existence=0.85, accuracy_relation=0.5, accuracy_size=0.9)
+  _publish(results, "shapes_encoder_ablation", {
+      "sweep.csv": "variant,test/accuracy\nscratch,0.7164\ncaption,0.8\n",
+      "caption.json": {"test": dict(types, accuracy=0.80040)},
+      "scratch.json": {"test": dict(types, accuracy=0.71636, accuracy_shape=0.48477)},
+      "run.json": RUN})
+  lines = tables.render("encoder_ablation", str(results)).split("\n")
+  assert lines[0] == ("| encoder from | accuracy | color | shape | count | existence | relation "
+                      "| size |")
+  assert lines[2:4] == ["| `scratch` | 0.716 | 0.800 | 0.485 | 0.700 | 0.850 | 0.500 | 0.900 |",
+                        "| `caption` | 0.800 | 0.800 | 0.600 | 0.700 | 0.850 | 0.500 | 0.900 |"]
 
 
 def test_check_catches_a_typed_number_and_write_restores_it(results, tmp_path):
