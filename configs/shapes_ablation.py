@@ -2,7 +2,7 @@
 encoder, each variant one multitask run (caption, VQA and text-to-image together).
 
   python -m gpt4v_jax.main --config=configs/shapes_vqvae.py --workdir=workdirs/shapes_vqvae
-  python -m experiments.sweep --config=configs/shapes_ablation.py --workdir=workdirs/ablation
+  python -m experiments.sweep --config=configs/shapes_ablation.py --workdir=workdirs/shapes_ablation
 
 The argument picks the variant of shapes_multitask ("" or "tiny"); `get_sweep` lists the
 four runs, `sweep_metrics` the table's columns (experiments/sweep.py adds params and step

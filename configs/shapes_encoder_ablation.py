@@ -5,7 +5,7 @@ caption run, or from scratch, for the same steps (the decoder and projector alwa
   python -m gpt4v_jax.main --config=configs/shapes_contrastive.py \
       --workdir=workdirs/shapes_contrastive
   python -m experiments.sweep --config=configs/shapes_encoder_ablation.py \
-      --workdir=workdirs/encoder_ablation
+      --workdir=workdirs/shapes_encoder_ablation
 
 The two pretraining runs come first (their default workdirs). Each variant is shapes_vqa
 shortened to 3,000 steps (~7 min on 2 idle cores) and evaluated on the test split; the table

@@ -6,7 +6,7 @@
   python -m gpt4v_jax.main --config=configs/shapes_t2i.py --workdir=workdirs/shapes_t2i
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py:left_of \
       --workdir=workdirs/shapes_multitask_left_of
-  python -m gpt4v_jax.main --config=configs/shapes_multitask.py --workdir=workdirs/multitask
+  python -m gpt4v_jax.main --config=configs/shapes_multitask.py --workdir=workdirs/shapes_multitask
   python -m gpt4v_jax.main --config=configs/shapes_multitask.py:tiny --workdir=/tmp/t \
       --config.objective.mixture.text_to_image.image_tokenizer=/tmp/vq_tiny
 

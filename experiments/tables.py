@@ -317,6 +317,95 @@ def encoder_ablation(results: str) -> str:
           + source_line(name, run))
 
 
+def vqvae_metrics(results: str) -> str:
+  """docs/text_to_image.md: the default VQ-VAE run, during training and on the test split."""
+  return run_table(results, "shapes_vqvae", [
+      ("PSNR (dB)", "{}", ["psnr"]), ("parser agreement", "{}", ["parser_agreement"]),
+      ("reconstruction scene acc.", "{}", ["reconstruction_scene_accuracy"]),
+      ("codebook usage", "{}", ["codebook_usage"]), ("code perplexity", "{}", ["perplexity"])],
+      splits=("test",))
+
+
+_T2I_CATEGORIES = ("presence", "color", "shape", "count", "size", "position")
+
+
+def t2i_scales(results: str, name: str = "shapes_t2i", prefix: str = "") -> str:
+  """docs/text_to_image.md: a text-to-image run's test generation accuracy at each guidance
+  scale it evaluated (`cfg<scale>/overall`, `cfg<scale>/presence`); every category at the main
+  scale, whose metrics the objective also reports unprefixed (its first `cfg` keys)."""
+  run = published(results, name)
+  if run is None:
+    return not_rerun(name)
+  split = _read(os.path.join(results, name, "results.json"))["test"]
+  key = lambda k: f"test/{prefix}{k}"
+  scales = [k.split("/")[-2] for k in split if k.startswith(f"{prefix}cfg")
+            and k.endswith("/overall")]
+  rows = []
+  for i, scale in enumerate(scales):
+    row = [scale.removeprefix("cfg") + (" (main)" if i == 0 else ""),
+           num(metric(results, name, key(f"{scale}/overall"))),
+           num(metric(results, name, key(f"{scale}/presence")))]
+    rows.append(row + [num(metric(results, name, key(c))) if i == 0 else ""
+                       for c in _T2I_CATEGORIES[1:]])
+  rows.sort(key=lambda row: float(row[0].split()[0]))
+  return (table(["guidance scale", "overall", *_T2I_CATEGORIES], rows) + "\n\n"
+          + source_line(name, run))
+
+
+# (task, metric, the multitask run's key, the single-task run, its key).
+_MULTITASK_TASKS = (
+    ("caption", "object F1", "caption/object_f1", "shapes_caption", "object_f1"),
+    ("VQA", "accuracy", "vqa/accuracy", "shapes_vqa", "accuracy"),
+    ("VQA", "relation accuracy", "vqa/accuracy_relation", "shapes_vqa", "accuracy_relation"),
+    ("text-to-image", "overall (main scale)", "text_to_image/overall", "shapes_t2i", "overall"))
+
+
+def multitask_vs_single(results: str) -> str:
+  """docs/multitask.md: the multitask default's test metrics against each single-task
+  default's, in points (the bar: within 5 of each), and its first stage's."""
+  names = STAGES["shapes_multitask"] + ["shapes_multitask"]
+  runs = [published(results, name) for name in names]
+  if runs[-1] is None:
+    return not_rerun("shapes_multitask")
+  rows, sources = [], []
+  for task, label, key, single, single_key in _MULTITASK_TASKS:
+    ours = [num(metric(results, name, f"test/{key}")) if run else "-"
+            for name, run in zip(names, runs)]
+    if published(results, single) is None:
+      rows.append([task, label, *ours, "not rerun yet", "-"])
+      continue
+    theirs = metric(results, single, f"test/{single_key}")
+    behind = 100 * (theirs - metric(results, "shapes_multitask", f"test/{key}"))
+    rows.append([task, label, *ours, f"{num(theirs)} (`{single}`)", f"{behind:.1f}"])
+  for name in dict.fromkeys([*names, *(t[3] for t in _MULTITASK_TASKS)]):
+    run = published(results, name)
+    if run is not None:
+      sources.append(f"`{name}` at `{run['commit'][:7]}` ({run['date']})")
+  return (table(["task", "test metric", *[f"`{n}`" for n in names], "single task",
+                 "points behind"], rows)
+          + f"\n\n{SOURCE} from experiments/results/ (runs: {', '.join(sources)}).")
+
+
+def multitask_curve(results: str) -> str:
+  """docs/multitask.md: both multitask stages' validation evals during training and their
+  test split (`vqa/accuracy_relation` shows the curriculum's first stage at work)."""
+  names = STAGES["shapes_multitask"] + ["shapes_multitask"]
+  runs = [published(results, name) for name in names]
+  if runs[-1] is None:
+    return not_rerun("shapes_multitask")
+  cells = [("caption F1", "{}", ["caption/object_f1"]), ("VQA", "{}", ["vqa/accuracy"]),
+           ("VQA relation", "{}", ["vqa/accuracy_relation"]),
+           ("text-to-image", "{}", ["text_to_image/overall"])]
+  rows, sources = [], []
+  for name, run in zip(names, runs):
+    if run is not None:
+      rows += [[f"`{name}`"] + row for row in metrics_table(results, name, cells,
+                                                             splits=("test",))]
+      sources.append(source_line(name, run))
+  return (table(["run", "split"] + [h for h, _, _ in cells], rows) + "\n\n"
+          + " ".join(sources))
+
+
 def position_probe(results: str) -> str:
   """docs/vqa.md: `experiments.position_probe` of each run it was pointed at
   (position_probe_<run>.json)."""
@@ -353,7 +442,9 @@ def relation_diagnostic(results: str) -> str:
 TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
           "caption_metrics": caption_metrics, "caption_curve": caption_curve,
           "summarize_metrics": summarize_metrics, "contrastive_metrics": contrastive_metrics,
-          "encoder_ablation": encoder_ablation,
+          "encoder_ablation": encoder_ablation, "vqvae_metrics": vqvae_metrics,
+          "t2i_scales": t2i_scales, "multitask_vs_single": multitask_vs_single,
+          "multitask_curve": multitask_curve,
           "position_probe": position_probe, "relation_diagnostic": relation_diagnostic}
 
 

@@ -119,6 +119,38 @@ def test_encoder_ablation_renders_each_variant_from_its_own_file(results):
                         "| `caption` | 0.800 | 0.800 | 0.600 | 0.700 | 0.850 | 0.500 | 0.900 |"]
 
 
+def test_t2i_scales_puts_every_category_on_the_main_scale_and_sorts_the_scales(results):
+  categories = dict(presence=0.888, color=0.935, shape=0.898, count=0.911, size=0.869,
+                    position=0.85, overall=0.804)
+  split = {**categories, "cfg1.75/overall": 0.804, "cfg1.75/presence": 0.888,
+           "cfg1/overall": 0.342, "cfg1/presence": 0.369, "cfg3/overall": 0.457,
+           "cfg3/presence": 0.672}
+  _publish(results, "shapes_t2i", {"results.json": {"test": split}, "run.json": RUN})
+  assert tables.render("t2i_scales", str(results)).split("\n")[:5] == [
+      "| guidance scale | overall | presence | color | shape | count | size | position |",
+      "|---|---|---|---|---|---|---|---|",
+      "| 1 | 0.342 | 0.369 |  |  |  |  |  |",
+      "| 1.75 (main) | 0.804 | 0.888 | 0.935 | 0.898 | 0.911 | 0.869 | 0.850 |",
+      "| 3 | 0.457 | 0.672 |  |  |  |  |  |"]
+
+
+def test_multitask_vs_single_gives_the_points_behind_each_single_task_run(results):
+  ours = {"caption/object_f1": 0.9, "vqa/accuracy": 0.95, "vqa/accuracy_relation": 0.9,
+          "text_to_image/overall": 0.8}
+  _publish(results, "shapes_multitask", {"results.json": {"test": ours},
+                                         "run.json": dict(RUN, commit="1111111aaa")})
+  _publish(results, "shapes_vqa", {"results.json": {"test": {"accuracy": 0.984,
+                                                             "accuracy_relation": 0.96}},
+                                   "run.json": dict(RUN, commit="2222222bbb")})
+  rows = tables.render("multitask_vs_single", str(results)).split("\n")
+  assert rows[2:6] == [
+      "| caption | object F1 | - | 0.900 | 0.923 (`shapes_caption`) | 2.3 |",
+      "| VQA | accuracy | - | 0.950 | 0.984 (`shapes_vqa`) | 3.4 |",
+      "| VQA | relation accuracy | - | 0.900 | 0.960 (`shapes_vqa`) | 6.0 |",
+      "| text-to-image | overall (main scale) | - | 0.800 | not rerun yet | - |"]
+  assert "`shapes_multitask` at `1111111`" in rows[-1] and "`shapes_vqa` at `2222222`" in rows[-1]
+
+
 def test_check_catches_a_typed_number_and_write_restores_it(results, tmp_path):
   doc = tmp_path / "doc.md"
   doc.write_text("# Caption\n\nIntro.\n\n<!-- table: caption_metrics -->\nold\n<!-- /table -->"
