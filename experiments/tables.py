@@ -42,9 +42,15 @@ def final_eval(workdir: str, split: str) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  """Rows of one set of keys -> a markdown table; floats to 4 significant digits."""
+  """Rows of one set of keys -> a markdown table; floats to 4 significant digits, those from
+  1,000 up and integers whole, with thousands separators; None as "-"."""
   columns = list(rows[0])
-  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    if v is None:
+      return "-"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
   return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
                    + ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows])
 
@@ -439,6 +445,22 @@ def relation_diagnostic(results: str) -> str:
           f"steps per variant, run at `{r['commit']}`).")
 
 
+def benchmark_table(name: str, results: str) -> str:
+  """A benchmark's rows as it reported them (experiments/benchmarks/results/<name>.json, the
+  folder beside `results`'s parent's `benchmarks`), with its commit, date and machine."""
+  path = os.path.join(os.path.dirname(results), "benchmarks", "results", f"{name}.json")
+  r = _read(path)
+  if r is None:
+    return (f"Not run yet: `python -m experiments.benchmarks.{name}` writes "
+            f"experiments/benchmarks/results/{name}.json.")
+  m = r["machine"]
+  commit = f"`{r['commit'][:7]}`" if r.get("commit") else "an unrecorded commit"
+  return (markdown_table(r["rows"]) + f"\n\n{SOURCE} from experiments/benchmarks/results/"
+          f"{name}.json (run at {commit}, {r['date'][:10]}, on {m['device_count']} "
+          f"{m['device_kind']} device(s) of a {m['cpu_count']}-core machine; notes: "
+          f"{r['notes'] or 'none'}).")
+
+
 TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
           "caption_metrics": caption_metrics, "caption_curve": caption_curve,
           "summarize_metrics": summarize_metrics, "contrastive_metrics": contrastive_metrics,
@@ -458,6 +480,9 @@ def doc_paths(repo: str = REPO) -> list[str]:
 
 
 def render(name: str, results: str = RESULTS) -> str:
+  """The table NAME of TABLES, or `benchmark:<benchmark>` (benchmark_table)."""
+  if name.startswith("benchmark:"):
+    return benchmark_table(name.removeprefix("benchmark:"), results)
   if name not in TABLES:
     raise KeyError(f"Unknown table '{name}'; experiments/tables.py TABLES has: "
                    f"{', '.join(TABLES)}.")
