@@ -430,6 +430,19 @@ def position_probe(results: str) -> str:
           f"(probes at {', '.join(f'`{c}`' for c in sorted(commits))}).")
 
 
+def predict_parity(results: str) -> str:
+  """docs/front_door.md: `experiments.predict_parity` of each run it was pointed at
+  (predict_parity_<run>.json): the front door's predictions against the evaluator's."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(results, "predict_parity_*.json"))):
+    r = _read(path)
+    rows.append([f"`{r['run']}`", r["split"], r["task"], f"{r['step']:,}", f"{r['items']:,}",
+                 f"{r['equal']:,} ({100 * r['agreement']:.1f}%)", f"`{r['commit']}`"])
+  return (table(["run", "split", "task", "checkpoint step", "items", "equal to the evaluator",
+                 "commit"], rows)
+          + f"\n\n{SOURCE} from experiments/results/predict_parity_*.json.")
+
+
 def relation_diagnostic(results: str) -> str:
   """docs/vqa.md: `experiments.relation_diagnostic`'s variants (relation_diagnostic.json)."""
   r = _read(os.path.join(results, "relation_diagnostic.json"))
@@ -466,7 +479,7 @@ TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
           "summarize_metrics": summarize_metrics, "contrastive_metrics": contrastive_metrics,
           "encoder_ablation": encoder_ablation, "vqvae_metrics": vqvae_metrics,
           "t2i_scales": t2i_scales, "multitask_vs_single": multitask_vs_single,
-          "multitask_curve": multitask_curve,
+          "multitask_curve": multitask_curve, "predict_parity": predict_parity,
           "position_probe": position_probe, "relation_diagnostic": relation_diagnostic}
 
 

@@ -169,6 +169,15 @@ def test_a_benchmark_renders_its_rows_commit_and_machine(results, tmp_path):
       "notes: batch 8)."]
 
 
+def test_predict_parity_lists_each_run_with_its_agreement(results):
+  (results / "predict_parity_shapes_vqa.json").write_text(json.dumps(dict(
+      run="shapes_vqa", split="test", task="visual-question-answering", step=9000, items=6974,
+      equal=6973, agreement=6973 / 6974, commit="de27514")))
+  assert tables.render("predict_parity", str(results)).split("\n")[2] == (
+      "| `shapes_vqa` | test | visual-question-answering | 9,000 | 6,974 | 6,973 (100.0%) | "
+      "`de27514` |")
+
+
 def test_check_catches_a_typed_number_and_write_restores_it(results, tmp_path):
   doc = tmp_path / "doc.md"
   doc.write_text("# Caption\n\nIntro.\n\n<!-- table: caption_metrics -->\nold\n<!-- /table -->"
