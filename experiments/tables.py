@@ -412,6 +412,22 @@ def multitask_curve(results: str) -> str:
           + " ".join(sources))
 
 
+def fusion_ablation(results: str) -> str:
+  """docs/experiments.md: the fusion x encoder sweep (sweep.csv: each variant's test metrics,
+  params and median step time)."""
+  name = "shapes_ablation"
+  run = published(results, name)
+  if run is None:
+    return not_rerun(name)
+  keys = ("test/caption/object_f1", "test/vqa/accuracy", "test/text_to_image/overall")
+  with open(os.path.join(results, name, "sweep.csv")) as f:
+    rows = [[f"`{r['variant']}`"] + [num(float(r[k])) for k in keys]
+            + [f"{float(r['params']) / 1e6:.2f}M", f"{float(r['step_ms']):.0f}"]
+            for r in csv.DictReader(f)]
+  return (table(["variant", "caption object F1", "VQA accuracy", "text-to-image overall",
+                 "params", "step (ms)"], rows) + "\n\n" + source_line(name, run))
+
+
 def position_probe(results: str) -> str:
   """docs/vqa.md: `experiments.position_probe` of each run it was pointed at
   (position_probe_<run>.json)."""
@@ -480,6 +496,7 @@ TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
           "encoder_ablation": encoder_ablation, "vqvae_metrics": vqvae_metrics,
           "t2i_scales": t2i_scales, "multitask_vs_single": multitask_vs_single,
           "multitask_curve": multitask_curve, "predict_parity": predict_parity,
+          "fusion_ablation": fusion_ablation,
           "position_probe": position_probe, "relation_diagnostic": relation_diagnostic}
 
 

@@ -178,6 +178,16 @@ def test_predict_parity_lists_each_run_with_its_agreement(results):
       "`de27514` |")
 
 
+def test_fusion_ablation_renders_the_sweep_csv(results):
+  _publish(results, "shapes_ablation", {
+      "sweep.csv": ("variant,test/caption/object_f1,test/vqa/accuracy,"
+                    "test/text_to_image/overall,params,step_ms\n"
+                    "prefix_vit,0.51483,0.71136,0.047,1418880,182.6\n"),
+      "run.json": RUN})
+  assert tables.render("fusion_ablation", str(results)).split("\n")[2] == (
+      "| `prefix_vit` | 0.515 | 0.711 | 0.047 | 1.42M | 183 |")
+
+
 def test_check_catches_a_typed_number_and_write_restores_it(results, tmp_path):
   doc = tmp_path / "doc.md"
   doc.write_text("# Caption\n\nIntro.\n\n<!-- table: caption_metrics -->\nold\n<!-- /table -->"
