@@ -318,9 +318,8 @@ def reproduce(names: list[str], root: str, dry_run: bool) -> None:
     print(f"[reproduce] {run.name}: published to "
           f"{os.path.relpath(publish(run, os.path.join(root, run.name), minutes), REPO)}",
           flush=True)
-  changed = tables.write(tables.doc_paths())
-  print("[reproduce] tables updated in: " + (", ".join(os.path.relpath(p, REPO) for p in changed)
-                                            or "none (all current)"), flush=True)
+  # A fresh process: the docs and their tables may have changed during a long reproduce.
+  subprocess.run([sys.executable, "-m", "experiments.tables", "--write"], cwd=REPO, check=True)
 
 
 _FLAGS = {}  # Defined when run as a command: the tests import this module beside others.
