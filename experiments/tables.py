@@ -203,7 +203,7 @@ def results_summary(results: str) -> str:
       stages = [published(results, stage) for stage in STAGES.get(name, [])]
       rows.append([f"{task} (`{name}.py`)", result(results, name),
                    run_cell(run, [stage for stage in stages if stage is not None])])
-  return (table(["task (config)", "test result", "run (commit, date, training)"], rows)
+  return (table(["task (config)", "test result", "run (commit, date, minutes with evals)"], rows)
           + f"\n\n{SOURCE} from `experiments/results/<config>/` (results.json, or a sweep's "
           "`<variant>.json`; run.json names each row's commit).")
 
