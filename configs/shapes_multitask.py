@@ -33,10 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t2i_config = shapes_t2i.get_config(variant)
   t2i = dict(t2i_config.objective)
   del t2i["kind"]
-  # Weights 2:2:1.5 (caption, VQA, text-to-image; 6, 6 and 4 rows of every batch of 16; the
-  # second stage's are below): the run starts from the text-to-image run, so captioning is
-  # learnt afresh; of the weights tried in one stage, 2:2:1.5 left the tasks least behind
-  # their single-task runs (docs/multitask.md).
+  # Weights 2:2:1.5 (caption, VQA, text-to-image; 6, 6 and 4 rows of every batch of 16): the
+  # run starts from the text-to-image run, so captioning is learnt afresh; of the weights
+  # tried, 2:2:1.5 left the tasks least behind their single-task runs (1.5:2:2 in the second
+  # stage did worse on all three: docs/multitask.md).
   # VQA dialogues of 91 slots (about 5 of an image's 6-8 questions fit; the single-task run's
   # 114 fit them all): the row length every measured mixture above trained with.
   c.objective = dict(
@@ -71,11 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init = dict(workdir="workdirs/shapes_multitask_left_of",
                   params=("vit", "projector", "decoder"))
     c.train.update(steps=9000, checkpoint_every=3000)
-    # 1.5:2:2 (4, 6 and 6 rows): with 2:2:1.5 in this stage too, captioning passed its
-    # single-task run while text-to-image trailed it most (validation at 8,000 steps: caption
-    # F1 0.962, text-to-image 0.715), so two caption rows go to text-to-image (docs/multitask.md).
-    c.objective.mixture.caption.weight = 1.5
-    c.objective.mixture.text_to_image.weight = 2.0
   # The caption run's peak learning rate (2e-3): half of it spared captioning an early dip
   # but slowed VQA (docs/multitask.md).
   return c
