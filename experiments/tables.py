@@ -223,22 +223,27 @@ def validation_curve(results: str, name: str, keys: list[str]) -> list[tuple[int
 def vqa_types(results: str) -> str:
   """docs/vqa.md: accuracy per question type of the default VQA run's stages (STAGES): each
   one's validation evals during training, then its test and compositional splits."""
-  names = STAGES["shapes_vqa"] + ["shapes_vqa"]
-  runs = [published(results, name) for name in names]
-  if runs[-1] is None:
+  if published(results, "shapes_vqa") is None:
     return not_rerun("shapes_vqa")
   split = _read(os.path.join(results, "shapes_vqa", "results.json"))["test"]
   found = [k.removeprefix("accuracy_") for k in split if k.startswith("accuracy_")
            and not k.startswith("accuracy_answer_")]
   types = [t for t in _VQA_TYPES if t in found] + [t for t in found if t not in _VQA_TYPES]
   cells = [("overall", "{}", ["accuracy"])] + [(t, "{}", [f"accuracy_{t}"]) for t in types]
+  return stages_table(results, "shapes_vqa", cells)
+
+
+def stages_table(results: str, name: str, cells: list[tuple], **kw) -> str:
+  """metrics_table rows of a run and its earlier stages (STAGES), each row naming its run,
+  with one source line per published stage."""
   rows, sources = [], []
-  for name, run in zip(names, runs):
-    if run is None:
-      continue
-    rows += [[f"`{name}`"] + row for row in metrics_table(results, name, cells)]
-    sources.append(source_line(name, run))
-  return table(["run", "split", "overall"] + types, rows) + "\n\n" + " ".join(sources)
+  for stage in STAGES.get(name, []) + [name]:
+    run = published(results, stage)
+    if run is not None:
+      rows += [[f"`{stage}`"] + row for row in metrics_table(results, stage, cells, **kw)]
+      sources.append(source_line(stage, run))
+  return (table(["run", "split"] + [h for h, _, _ in cells], rows) + "\n\n"
+          + " ".join(sources))
 
 
 def metrics_table(results: str, name: str, cells: list[tuple], splits=("test", "compositional"),
@@ -335,24 +340,22 @@ def vqvae_metrics(results: str) -> str:
 _T2I_CATEGORIES = ("presence", "color", "shape", "count", "size", "position")
 
 
-def t2i_scales(results: str, name: str = "shapes_t2i", prefix: str = "") -> str:
-  """docs/text_to_image.md: a text-to-image run's test generation accuracy at each guidance
+def t2i_scales(results: str) -> str:
+  """docs/text_to_image.md: the text-to-image run's test generation accuracy at each guidance
   scale it evaluated (`cfg<scale>/overall`, `cfg<scale>/presence`); every category at the main
   scale, whose metrics the objective also reports unprefixed (its first `cfg` keys)."""
+  name = "shapes_t2i"
   run = published(results, name)
   if run is None:
     return not_rerun(name)
   split = _read(os.path.join(results, name, "results.json"))["test"]
-  key = lambda k: f"test/{prefix}{k}"
-  scales = [k.split("/")[-2] for k in split if k.startswith(f"{prefix}cfg")
-            and k.endswith("/overall")]
+  scales = [k.split("/")[0] for k in split if k.startswith("cfg") and k.endswith("/overall")]
+  m = lambda key: num(metric(results, name, f"test/{key}"))
   rows = []
   for i, scale in enumerate(scales):
-    row = [scale.removeprefix("cfg") + (" (main)" if i == 0 else ""),
-           num(metric(results, name, key(f"{scale}/overall"))),
-           num(metric(results, name, key(f"{scale}/presence")))]
-    rows.append(row + [num(metric(results, name, key(c))) if i == 0 else ""
-                       for c in _T2I_CATEGORIES[1:]])
+    row = [scale.removeprefix("cfg") + (" (main)" if i == 0 else ""), m(f"{scale}/overall"),
+           m(f"{scale}/presence")]
+    rows.append(row + [m(c) if i == 0 else "" for c in _T2I_CATEGORIES[1:]])
   rows.sort(key=lambda row: float(row[0].split()[0]))
   return (table(["guidance scale", "overall", *_T2I_CATEGORIES], rows) + "\n\n"
           + source_line(name, run))
@@ -395,21 +398,12 @@ def multitask_vs_single(results: str) -> str:
 def multitask_curve(results: str) -> str:
   """docs/multitask.md: both multitask stages' validation evals during training and their
   test split (`vqa/accuracy_relation` shows the curriculum's first stage at work)."""
-  names = STAGES["shapes_multitask"] + ["shapes_multitask"]
-  runs = [published(results, name) for name in names]
-  if runs[-1] is None:
+  if published(results, "shapes_multitask") is None:
     return not_rerun("shapes_multitask")
   cells = [("caption F1", "{}", ["caption/object_f1"]), ("VQA", "{}", ["vqa/accuracy"]),
            ("VQA relation", "{}", ["vqa/accuracy_relation"]),
            ("text-to-image", "{}", ["text_to_image/overall"])]
-  rows, sources = [], []
-  for name, run in zip(names, runs):
-    if run is not None:
-      rows += [[f"`{name}`"] + row for row in metrics_table(results, name, cells,
-                                                             splits=("test",))]
-      sources.append(source_line(name, run))
-  return (table(["run", "split"] + [h for h, _, _ in cells], rows) + "\n\n"
-          + " ".join(sources))
+  return stages_table(results, "shapes_multitask", cells, splits=("test",))
 
 
 def fusion_ablation(results: str) -> str:
