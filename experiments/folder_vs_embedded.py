@@ -13,10 +13,6 @@ caption names every object exactly (`shapes.parse_caption` of any reference is t
 both runs' eval predictions are scored here the same way, against the parsed references:
 object F1 for captions, VQA accuracy for questions. Prints a table; writes nothing.
 """
-import glob
-import json
-import os
-
 from absl import app, flags
 
 from experiments.tables import final_eval

@@ -20,11 +20,11 @@ Prints a table and writes experiments/results/position_probe_<run>.json.
 import collections
 import json
 import os
-import subprocess
 
 import numpy as np
 from absl import app, flags
 
+from experiments import provenance
 from experiments.tables import final_eval, markdown_table
 
 _FLAGS = {}  # Defined when run as a command: the tests import this module beside others
@@ -120,14 +120,12 @@ def main(argv):
     result.update(relation_answers(final_eval(workdir, "test")["predictions"]))
   except FileNotFoundError:
     pass  # A run without a final test eval: the probes alone.
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False).stdout.strip()
   run = os.path.basename(os.path.abspath(workdir))
   print(markdown_table([dict(measure=k, value=v) for k, v in result.items()]))
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, f"position_probe_{run}.json"), "w") as f:
-    json.dump(dict(workdir=workdir, commit=commit, train_images=train, test_images=test,
-                   **result), f, indent=1)
+    json.dump(dict(workdir=workdir, commit=provenance.commit(), train_images=train,
+                   test_images=test, **result), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ writes experiments/results/predict_parity_{run}.json.
 """
 import json
 import os
-import subprocess
 import tempfile
 import time
 
 from absl import app, flags
 
+from experiments import provenance
 from experiments.tables import final_eval, markdown_table
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished caption or VQA run.", required=True)
@@ -53,11 +53,10 @@ def main(argv):
       predicted = [out[0]["answer"] for out in pipe(images[:len(records)], questions)]
     seconds = time.perf_counter() - start
   equal = sum(p == r["prediction"] for p, r in zip(predicted, records))
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
   row = dict(run=os.path.basename(os.path.normpath(_WORKDIR.value)), split=_SPLIT.value,
              task=task, step=evaluated["step"], items=len(records), equal=equal,
-             agreement=equal / len(records), seconds=round(seconds, 1), commit=commit)
+             agreement=equal / len(records), seconds=round(seconds, 1),
+             commit=provenance.commit())
   print(markdown_table([row]))
   os.makedirs("experiments/results", exist_ok=True)
   with open(f"experiments/results/predict_parity_{row['run']}.json", "w") as f:

@@ -23,11 +23,11 @@ import collections
 import contextlib
 import json
 import os
-import subprocess
 from unittest import mock
 
 from absl import app, flags
 
+from experiments import provenance
 from experiments.tables import final_eval, markdown_table
 from gpt4v_jax.data import shapes
 
@@ -119,11 +119,10 @@ def main(argv):
   del argv
   rows = [run_variant(v, _FLAGS["steps"].value, _FLAGS["root"].value)
           for v in _FLAGS["variants"].value]
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
   print(markdown_table(rows))
   with open(_FLAGS["out"].value, "w") as f:
-    json.dump(dict(commit=commit, steps=_FLAGS["steps"].value, rows=rows), f, indent=1)
+    json.dump(dict(commit=provenance.commit(), steps=_FLAGS["steps"].value, rows=rows), f,
+              indent=1)
 
 
 if __name__ == "__main__":

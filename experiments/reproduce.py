@@ -40,8 +40,8 @@ import time
 from absl import app, flags
 
 from experiments import tables
+from experiments.provenance import REPO, git
 
-REPO = tables.REPO
 CODE = ("gpt4v_jax", "setup.py")  # What can move a number, besides the run's config.
 WATCHED = CODE + ("configs",)  # Must be committed: a result names the commit it came from.
 # Bookkeeping eval scalars, not part of a learning curve.
@@ -83,23 +83,18 @@ RUNS = (
 # --- Code revision ------------------------------------------------------------------------------
 
 
-def _git(repo: str, *args: str) -> str:
-  return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                        check=True).stdout
-
-
 def commit(repo: str = REPO) -> str:
-  return _git(repo, "rev-parse", "HEAD").strip()
+  return git("rev-parse", "HEAD", repo=repo).strip()
 
 
 def revision(repo: str = REPO) -> str:
   """HEAD's git tree hashes of CODE, joined: equal exactly when no commit since touched them."""
-  return "-".join(_git(repo, "rev-parse", f"HEAD:{path}")[:12] for path in CODE)
+  return "-".join(git("rev-parse", f"HEAD:{path}", repo=repo)[:12] for path in CODE)
 
 
 def uncommitted(repo: str = REPO) -> list[str]:
   """`git status --porcelain` lines of WATCHED (changed, staged or untracked files)."""
-  return _git(repo, "status", "--porcelain", "--", *WATCHED).splitlines()
+  return git("status", "--porcelain", "--", *WATCHED, repo=repo).splitlines()
 
 
 def config_digest(run: Run, repo: str = REPO) -> str:

@@ -24,7 +24,7 @@ import re
 
 from absl import app, flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments.provenance import REPO
 RESULTS = os.path.join(REPO, "experiments", "results")
 BEGIN = re.compile(r"<!-- table: (\S+) -->")
 END = "<!-- /table -->"
@@ -100,8 +100,16 @@ def run_cell(run: dict, stages: list[dict] = ()) -> str:
   minutes = f", {sum(known):.1f} min" if len(known) == len(runs) else ""
   if len(runs) > 1:
     minutes += f" ({len(runs)} stages)"
-  commits = [f"`{c}`" for c in dict.fromkeys(r["commit"][:7] for r in runs)]
+  commits = [f"`{c}`" for c in dict.fromkeys(short(r["commit"]) for r in runs)]
   return f"{' + '.join(commits)}, {run['date']}{minutes}"
+
+
+def short(commit: str | None) -> str:
+  """A commit as tables show it: 7 hex digits, and "+dirty" when the run had uncommitted code
+  (provenance.commit)."""
+  if not commit:
+    return "no commit"  # Run outside a git checkout.
+  return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -115,7 +123,7 @@ def not_rerun(name: str) -> str:
 
 
 def source_line(name: str, run: dict) -> str:
-  return (f"{SOURCE} from experiments/results/{name}/ (run at `{run['commit'][:7]}`, "
+  return (f"{SOURCE} from experiments/results/{name}/ (run at `{short(run['commit'])}`, "
           f"{run['date']}).")
 
 
@@ -389,7 +397,7 @@ def multitask_vs_single(results: str) -> str:
   for name in dict.fromkeys([*names, *(t[3] for t in _MULTITASK_TASKS)]):
     run = published(results, name)
     if run is not None:
-      sources.append(f"`{name}` at `{run['commit'][:7]}` ({run['date']})")
+      sources.append(f"`{name}` at `{short(run['commit'])}` ({run['date']})")
   return (table(["task", "test metric", *[f"`{n}`" for n in names], "single task",
                  "points behind"], rows)
           + f"\n\n{SOURCE} from experiments/results/ (runs: {', '.join(sources)}).")
@@ -428,7 +436,7 @@ def position_probe(results: str) -> str:
   rows, commits = [], set()
   for path in sorted(glob.glob(os.path.join(results, "position_probe_*.json"))):
     r = _read(path)
-    commits.add(r["commit"])
+    commits.add(short(r["commit"]))
     yes = (f"{num(r['yes_rate_when_yes'])} / {num(r['yes_rate_when_no'])}"
            if "yes_rate_when_yes" in r else "-")
     rows.append([os.path.basename(r["workdir"]), num(r["x_r2"]), num(r["y_r2"]),
@@ -447,7 +455,7 @@ def predict_parity(results: str) -> str:
   for path in sorted(glob.glob(os.path.join(results, "predict_parity_*.json"))):
     r = _read(path)
     rows.append([f"`{r['run']}`", r["split"], r["task"], f"{r['step']:,}", f"{r['items']:,}",
-                 f"{r['equal']:,} ({100 * r['agreement']:.1f}%)", f"`{r['commit']}`"])
+                 f"{r['equal']:,} ({100 * r['agreement']:.1f}%)", f"`{short(r['commit'])}`"])
   return (table(["run", "split", "task", "checkpoint step", "items", "equal to the evaluator",
                  "commit"], rows)
           + f"\n\n{SOURCE} from experiments/results/predict_parity_*.json.")
@@ -465,7 +473,7 @@ def relation_diagnostic(results: str) -> str:
   return (table(["variant", "test accuracy", '"left of" questions', '"right of" questions',
                  'says "yes"'], rows)
           + f"\n\n{SOURCE} from experiments/results/relation_diagnostic.json ({r['steps']} "
-          f"steps per variant, run at `{r['commit']}`).")
+          f"steps per variant, run at `{short(r['commit'])}`).")
 
 
 def benchmark_table(name: str, results: str) -> str:
@@ -477,7 +485,7 @@ def benchmark_table(name: str, results: str) -> str:
     return (f"Not run yet: `python -m experiments.benchmarks.{name}` writes "
             f"experiments/benchmarks/results/{name}.json.")
   m = r["machine"]
-  commit = f"`{r['commit'][:7]}`" if r.get("commit") else "an unrecorded commit"
+  commit = f"`{short(r['commit'])}`" if r.get("commit") else "an unrecorded commit"
   return (markdown_table(r["rows"]) + f"\n\n{SOURCE} from experiments/benchmarks/results/"
           f"{name}.json (run at {commit}, {r['date'][:10]}, on {m['device_count']} "
           f"{m['device_kind']} device(s) of a {m['cpu_count']}-core machine; notes: "

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from experiments import reproduce
+from experiments import provenance, reproduce, tables
 from experiments.reproduce import Run
 
 CODE = "tree-a"
@@ -66,6 +66,24 @@ def test_revision_moves_with_code_not_docs_and_uncommitted_code_is_found(tmp_pat
   _git(repo, "add", ".")
   _git(repo, "commit", "-qm", "code")
   assert reproduce.revision(repo) != first
+
+
+def test_a_result_names_its_commit_and_is_marked_dirty_with_uncommitted_code(tmp_path):
+  repo = str(tmp_path)
+  assert provenance.commit(repo) is None  # Not a checkout: no commit to name.
+  for path in ("experiments/probe.py", "docs/d.md"):
+    _write(os.path.join(repo, path), "x = 1\n")
+  _git(repo, "init", "-q")
+  _git(repo, "add", ".")
+  _git(repo, "commit", "-qm", "one")
+  head = provenance.commit(repo)
+  assert len(head) == 40 and head == reproduce.commit(repo)
+  _write(os.path.join(repo, "docs/d.md"), "more\n")
+  assert provenance.commit(repo) == head  # Docs cannot move a number.
+  _write(os.path.join(repo, "experiments/probe.py"), "x = 2\n")  # A script can.
+  assert provenance.commit(repo) == head + "+dirty"
+  assert tables.short(head + "+dirty") == head[:7] + "+dirty"
+  assert tables.short(head) == tables.short(head[:7]) == head[:7]
 
 
 def test_a_changed_config_restamps_its_run_and_the_runs_that_start_from_it(tmp_path):

@@ -5,7 +5,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 
 import flax.linen as nn
@@ -16,6 +15,7 @@ import numpy as np
 from absl import flags
 
 from configs import shapes_caption
+from experiments import provenance
 from experiments.tables import markdown_table
 from gpt4v_jax import runs, sharding, train_step
 from gpt4v_jax.optimizer import make_optimizer
@@ -93,21 +93,6 @@ def machine() -> dict:
               processor=platform.processor() or platform.machine(), jax=jax.__version__)
 
 
-def _commit() -> str | None:
-  """HEAD of the repository the benchmark runs from, "+dirty" with uncommitted changes to its
-  code; None outside a git checkout."""
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "gpt4v_jax", "experiments",
-                            "configs"], cwd=repo, capture_output=True, text=True,
-                           check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-  return head + ("+dirty" if dirty else "")
-
-
 def report(name: str, rows: list[dict], notes: str = "") -> str:
   """Prints `rows` as a markdown table and writes them, with the machine, to
   <--results_dir>/<name>.json. Returns the table."""
@@ -117,5 +102,6 @@ def report(name: str, rows: list[dict], notes: str = "") -> str:
   os.makedirs(_RESULTS.value, exist_ok=True)
   with open(os.path.join(_RESULTS.value, f"{name}.json"), "w") as f:
     json.dump(dict(benchmark=name, date=datetime.datetime.now().isoformat(timespec="seconds"),
-                   commit=_commit(), machine=machine(), notes=notes, rows=rows), f, indent=1)
+                   commit=provenance.commit(), machine=machine(), notes=notes, rows=rows), f,
+              indent=1)
   return table
