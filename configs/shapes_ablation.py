@@ -6,8 +6,8 @@ encoder, each variant one multitask run (caption, VQA and text-to-image together
 
 The argument picks the variant of shapes_multitask ("" or "tiny"); `get_sweep` lists the
 four runs, `sweep_metrics` the table's columns (experiments/sweep.py adds params and step
-time). Each full variant trains 5,000 steps from scratch (~17 min with its evaluation on 2
-idle cores), so the four fit in about an hour; the table compares the variants with each
+time). Each full variant trains 5,000 steps from scratch (~11 min with its evaluation on 2
+cores: 43 min for the four, docs/experiments.md); the table compares the variants with each
 other, not with the multitask default (which starts from the text-to-image run).
 """
 import ml_collections
@@ -19,14 +19,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = shapes_multitask.get_config(arg)
   # From scratch: a pretrained start would need a caption run of every variant.
   c.init = dict(workdir="", params=("vit",))
-  # The weights the published table was measured with (the multitask default is now 2:2:1.5);
-  # 6, 5 and 5 rows of each batch of 16 since the mixture's per-task sub-batches (its rows
-  # then came in a fixed pattern, padded to 91 slots). Its text-to-image column also predates
-  # the local VQ-VAE encoder, column-order codes and the sampling settings of shapes_t2i.py.
+  # Equal weights (6, 5 and 5 rows of each batch of 16): the sweep compares fusions and
+  # encoders, not mixtures (the multitask default's 2:2:1.5 was tuned from the t2i run).
   for task in ("caption", "vqa", "text_to_image"):
     c.objective.mixture[task].weight = 1.0
   if arg != "tiny":
-    # The published table's 2-layer decoder (the multitask default has text-to-image's 3).
+    # A 2-layer decoder, the caption default's (the multitask default has text-to-image's 3).
     c.model.depth = 2
     c.train.update(steps=5000, checkpoint_every=2000)
     # The table reports test metrics only: the compositional split would add ~100 s a run.

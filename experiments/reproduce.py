@@ -72,7 +72,7 @@ RUNS = (
         ("shapes_t2i", "shapes_vqvae"), 10),
     Run("shapes_multitask", "configs/shapes_multitask.py", "run",
         ("shapes_multitask_left_of", "shapes_vqvae"), 26),
-    Run("shapes_ablation", "configs/shapes_ablation.py", "sweep", ("shapes_vqvae",), 84),
+    Run("shapes_ablation", "configs/shapes_ablation.py", "sweep", ("shapes_vqvae",), 43),
     Run("shapes_summarize", "configs/shapes_summarize.py", "run", (), 5),
     Run("shapes_contrastive", "configs/shapes_contrastive.py", "run", (), 19),
     Run("shapes_encoder_ablation", "configs/shapes_encoder_ablation.py", "sweep",
