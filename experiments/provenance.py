@@ -8,8 +8,9 @@ import os
 import subprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What a result can depend on: the library, its install, the configs and the scripts here.
-CODE = ("gpt4v_jax", "setup.py", "configs", "experiments")
+# What a result can depend on: the library, its install, the configs and the scripts here
+# (wider than what experiments.reproduce stamps a run with: its CODE and config).
+RESULT_CODE = ("gpt4v_jax", "setup.py", "configs", "experiments")
 
 
 def git(*args: str, repo: str = REPO) -> str:
@@ -18,7 +19,7 @@ def git(*args: str, repo: str = REPO) -> str:
                         check=True).stdout
 
 
-def commit(repo: str = REPO, paths: tuple[str, ...] = CODE) -> str | None:
+def commit(repo: str = REPO, paths: tuple[str, ...] = RESULT_CODE) -> str | None:
   """HEAD's full hash, plus "+dirty" when `paths` have changed, staged or untracked files;
   None outside a git checkout (a result from an unpacked archive names no commit)."""
   try:

@@ -25,6 +25,7 @@ import re
 from absl import app, flags
 
 from experiments.provenance import REPO
+
 RESULTS = os.path.join(REPO, "experiments", "results")
 BEGIN = re.compile(r"<!-- table: (\S+) -->")
 END = "<!-- /table -->"
@@ -108,7 +109,7 @@ def short(commit: str | None) -> str:
   """A commit as tables show it: 7 hex digits, and "+dirty" when the run had uncommitted code
   (provenance.commit)."""
   if not commit:
-    return "no commit"  # Run outside a git checkout.
+    return "unrecorded"  # Run outside a git checkout.
   return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
@@ -485,11 +486,10 @@ def benchmark_table(name: str, results: str) -> str:
     return (f"Not run yet: `python -m experiments.benchmarks.{name}` writes "
             f"experiments/benchmarks/results/{name}.json.")
   m = r["machine"]
-  commit = f"`{short(r['commit'])}`" if r.get("commit") else "an unrecorded commit"
   return (markdown_table(r["rows"]) + f"\n\n{SOURCE} from experiments/benchmarks/results/"
-          f"{name}.json (run at {commit}, {r['date'][:10]}, on {m['device_count']} "
-          f"{m['device_kind']} device(s) of a {m['cpu_count']}-core machine; notes: "
-          f"{r['notes'] or 'none'}).")
+          f"{name}.json (run at `{short(r.get('commit'))}`, {r['date'][:10]}, on "
+          f"{m['device_count']} {m['device_kind']} device(s) of a {m['cpu_count']}-core machine; "
+          f"notes: {r['notes'] or 'none'}).")
 
 
 TABLES = {"results_summary": results_summary, "vqa_types": vqa_types,
