@@ -24,7 +24,7 @@ import re
 
 from absl import app, flags
 
-from experiments.provenance import REPO
+from experiments.provenance import REPO, short
 
 RESULTS = os.path.join(REPO, "experiments", "results")
 BEGIN = re.compile(r"<!-- table: (\S+) -->")
@@ -103,14 +103,6 @@ def run_cell(run: dict, stages: list[dict] = ()) -> str:
     minutes += f" ({len(runs)} stages)"
   commits = [f"`{c}`" for c in dict.fromkeys(short(r["commit"]) for r in runs)]
   return f"{' + '.join(commits)}, {run['date']}{minutes}"
-
-
-def short(commit: str | None) -> str:
-  """A commit as tables show it: 7 hex digits, and "+dirty" when the run had uncommitted code
-  (provenance.commit)."""
-  if not commit:
-    return "unrecorded"  # Run outside a git checkout.
-  return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

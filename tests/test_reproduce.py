@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from experiments import provenance, reproduce, tables
+from experiments import provenance, reproduce
 from experiments.reproduce import Run
 
 CODE = "tree-a"
@@ -82,8 +82,8 @@ def test_a_result_names_its_commit_and_is_marked_dirty_with_uncommitted_code(tmp
   assert provenance.commit(repo) == head  # Docs cannot move a number.
   _write(os.path.join(repo, "experiments/probe.py"), "x = 2\n")  # A script can.
   assert provenance.commit(repo) == head + "+dirty"
-  assert tables.short(head + "+dirty") == head[:7] + "+dirty"
-  assert tables.short(head) == tables.short(head[:7]) == head[:7]
+  assert provenance.short(head + "+dirty") == head[:7] + "+dirty"
+  assert provenance.short(head) == provenance.short(head[:7]) == head[:7]
 
 
 def test_a_changed_config_restamps_its_run_and_the_runs_that_start_from_it(tmp_path):
